@@ -1,0 +1,50 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Without a GPU, install the small local CPU wheel first; with one, let pip pick a CUDA build.
+ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
+TORCH_SPEC ?= torch==2.13.0
+else
+TORCH_SPEC ?= torch>=2.4
+endif
+MUJOCO_GL ?= egl
+export MUJOCO_GL
+DEBIAN_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6
+
+.PHONY: setup system-deps test demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# MuJoCo renders headless through EGL (or OSMesa); these come from Debian.
+system-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "MuJoCo needs: sudo apt-get install -y $$missing"; \
+	fi
+
+test: setup
+	$(BIN)/pytest -q
+
+demo: setup
+	$(BIN)/jepa-planner demo
+
+bench: setup
+	$(BIN)/jepa-planner bench world-model
+	$(BIN)/jepa-planner bench plan
+	$(BIN)/jepa-planner bench server
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
