@@ -1,0 +1,48 @@
+"""Cross-entropy method with the official V-JEPA 2-AC semantics (SPEC section 7), batched.
+
+Per iteration: draw (samples, H, 4) noise, form mean + std * noise, clamp per axis, score every
+sample with ONE objective call (the objective runs one KV-cached rollout for the whole batch),
+keep the top-k lowest energies, and move mean/std toward the elites' mean and unbiased std with
+momenta that weight the OLD values (xyz and gripper separately). The official code interleaves
+sampling with the model per horizon step; the draws never depend on model outputs, so drawing
+all steps first gives the same numbers.
+"""
+from __future__ import annotations
+
+import torch
+
+from planner.objective import Objective
+from planner.search import (
+    Plan,
+    SamplingOptimizer,
+    SearchState,
+    clip_to_limits,
+    final_actions,
+    momentum_weights,
+    to_actions,
+)
+
+
+class CEM(SamplingOptimizer):
+    @torch.inference_mode()
+    def solve(self, objective: Objective, warm_start: SearchState | None = None) -> Plan:
+        config = self.config
+        device = objective.device
+        noise = self._noise_for(device)
+        state = self.start(objective, warm_start)
+        mean, std = state.mean, state.std
+        mean_momentum, std_momentum = momentum_weights(config, device)
+        iteration_energies = []
+        for _ in range(config.iterations):
+            candidates = clip_to_limits(mean + std * noise.standard_normal(config.samples, config.horizon, device), config.maxnorm)
+            energies = objective.evaluate(to_actions(candidates))
+            iteration_energies.append(energies)
+            elites = candidates[torch.topk(energies, config.topk, largest=False).indices]
+            mean = (1 - mean_momentum) * elites.mean(dim=0) + mean_momentum * mean
+            std = (1 - std_momentum) * elites.std(dim=0, unbiased=True) + std_momentum * std
+        return Plan(
+            actions=final_actions(mean),
+            energy=iteration_energies[-1].min(),
+            state=SearchState(mean=mean, std=std),
+            iteration_energies=iteration_energies,
+        )

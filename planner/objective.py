@@ -1,0 +1,100 @@
+"""The one seam between search and model.
+
+An optimiser only ever calls ``objective.evaluate(actions (S, H, 7)) -> energies (S,)``. The
+objective owns everything model-side: the context and goal latents, chaining the imagined poses
+with the batched pose math, the KV-cached rollout of all samples at once (in memory-sized chunks),
+bf16 autocast and the energy. New optimisers and new energies never touch each other.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from planner.energy import Energy
+from planner.pose import chain_poses
+
+
+class Objective(Protocol):
+    device: torch.device
+
+    def evaluate(self, actions: torch.Tensor) -> torch.Tensor:
+        """(S, H, 7) action sequences -> (S,) energies on ``device`` (lower is better)."""
+        ...
+
+
+class Rollout(Protocol):
+    """What the objective needs from a world model (``world_model.WorldModel`` provides it)."""
+
+    device: torch.device
+
+    def rollout(
+        self, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor, cached: bool = True
+    ) -> torch.Tensor: ...
+
+
+def as_frame_latent(latent: torch.Tensor, name: str) -> torch.Tensor:
+    """Accept (N, D) or (1, N, D) and return (1, N, D)."""
+    if latent.dim() == 2:
+        latent = latent.unsqueeze(0)
+    if latent.dim() != 3 or latent.shape[0] != 1:
+        raise ValueError(f"{name} must be one frame latent (N, D) or (1, N, D), got shape {tuple(latent.shape)}")
+    if not torch.isfinite(latent).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return latent
+
+
+def as_state(state: torch.Tensor) -> torch.Tensor:
+    """Accept a 7-D pose of shape (7,), (1, 7) or (1, 1, 7) and return (7,) float32."""
+    state = torch.as_tensor(state, dtype=torch.float32)
+    if state.numel() != 7:
+        raise ValueError(f"state must be a 7-D pose [x, y, z, roll, pitch, yaw, gripper], got shape {tuple(state.shape)}")
+    state = state.reshape(7)
+    if not torch.isfinite(state).all():
+        raise ValueError(f"state must be finite, got {state.tolist()}")
+    return state
+
+
+class GoalObjective:
+    """Energy of imagined futures from (context latent, current pose) against a goal latent."""
+
+    def __init__(
+        self,
+        model: Rollout,
+        context: torch.Tensor,
+        state: torch.Tensor,
+        goal: torch.Tensor,
+        energy: Energy | None = None,
+        max_batch: int | None = None,
+        autocast_bf16: bool = False,
+        cached: bool = True,
+    ):
+        self.model = model
+        self.device = torch.device(model.device)
+        self.context = as_frame_latent(context, "context").to(self.device)
+        self.goal = as_frame_latent(goal, "goal").to(self.device)
+        if self.context.shape != self.goal.shape:
+            raise ValueError(f"context {tuple(self.context.shape)} and goal {tuple(self.goal.shape)} latents differ in shape")
+        self.state = as_state(state).to(self.device)
+        self.energy = energy or Energy()
+        if max_batch is not None and max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.autocast_bf16 = autocast_bf16
+        self.cached = cached
+
+    def imagine(self, actions: torch.Tensor) -> torch.Tensor:
+        """(S, H, 7) actions -> (S, H, N, D) imagined latents of frames 1..H."""
+        if actions.dim() != 3 or actions.shape[-1] != 7:
+            raise ValueError(f"actions must be (S, H, 7), got shape {tuple(actions.shape)}")
+        # Frame h is imagined at pose h: the current pose, then the chain of composed actions.
+        states = chain_poses(self.state, actions.to(self.device, torch.float32))[:, :-1]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            return self.model.rollout(self.context, actions, states, cached=self.cached)
+
+    @torch.inference_mode()
+    def evaluate(self, actions: torch.Tensor) -> torch.Tensor:
+        actions = actions.to(self.device, torch.float32)
+        chunk = self.max_batch or actions.shape[0]
+        energies = [self.energy(self.imagine(part), self.goal) for part in actions.split(chunk)]
+        return energies[0] if len(energies) == 1 else torch.cat(energies)
