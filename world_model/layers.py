@@ -1,0 +1,118 @@
+"""The pre-norm transformer block shared by the encoder and both predictors.
+
+Parameter names (`norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`) are the
+official ones, so released state dicts load without renaming.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rope import apply_rotation
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Exact (erf) GELU: the tanh approximation is visibly off (~1e-3) against the reference.
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class KVCache:
+    """Keys and values of one attention layer for the frames seen so far, preallocated once.
+
+    Storage is allocated on the first append (so it takes the dtype autocast produced) with room
+    for `capacity` tokens; each append writes in place and returns views of everything cached.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """keys, values (B, heads, L, head_dim) -> all cached (B, heads, length + L, head_dim)."""
+        if self._keys is None:
+            batch, heads, _, head_dim = keys.shape
+            shape = (batch, heads, self.capacity, head_dim)
+            self._keys = keys.new_empty(shape)
+            self._values = values.new_empty(shape)
+        end = self.length + keys.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.capacity}")
+        self._keys[:, :, self.length:end] = keys
+        self._values[:, :, self.length:end] = values
+        self.length = end
+        return self._keys[:, :, :end], self._values[:, :, :end]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with 3-D RoPE on queries and keys, through SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        batch, length, dim = x.shape
+        # qkv rows are [q | k | v], each split into heads (heads outermost).
+        qkv = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        queries, keys = apply_rotation(qkv[:2], *rope).unbind(0)
+        values = qkv[2]
+        if cache is not None:
+            keys, values = cache.append(keys, values)
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+
+
+class Block(nn.Module):
+    """x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool = True, norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = MLP(dim, mlp_hidden)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, attn_mask, cache)
+        return x + self.mlp(self.norm2(x))
+
+
+def init_transformer_weights(module: nn.Module, blocks: nn.ModuleList, std: float = 0.02) -> None:
+    """Fresh-model init in the V-JEPA style: truncated-normal weights, zero biases, unit LayerNorms,
+    and residual output projections scaled down by sqrt(2 * layer) so deep stacks start stable."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, nn.Conv3d)):
+            nn.init.trunc_normal_(sub.weight, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)
+    with torch.no_grad():
+        for layer, block in enumerate(blocks, start=1):
+            block.attn.proj.weight.div_((2.0 * layer) ** 0.5)
+            block.mlp.fc2.weight.div_((2.0 * layer) ** 0.5)

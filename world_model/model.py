@@ -1,0 +1,223 @@
+"""`WorldModel`: the frozen V-JEPA 2-AC encoder and predictor behind a small inference API."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .checkpoint import build_modules, load_checkpoint, save_safetensors
+from .config import PRESETS, ModelConfig
+from .encoder import VisionTransformer
+from .predictor import ACPredictor
+from .preprocessing import ImageBatch, normalize_latents, preprocess_images
+
+logger = logging.getLogger(__name__)
+
+DEMO_WEIGHTS = Path(__file__).resolve().parent / "assets" / "demo.safetensors"
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`"auto"` -> CUDA when available, else CPU; anything else is passed to `torch.device`."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class WorldModel(nn.Module):
+    """Encoder + AC predictor. `encode` and `rollout` run under `torch.inference_mode`.
+
+    Weights stay in their own dtype; `autocast_dtype=torch.bfloat16` runs both calls under
+    `torch.autocast` (outputs are then float32, since the final LayerNorm runs in float32).
+    """
+
+    def __init__(self, encoder: VisionTransformer, predictor: ACPredictor, autocast_dtype: torch.dtype | None = None):
+        super().__init__()
+        enc, pred = encoder.config, predictor.config
+        if (enc.embed_dim, enc.img_size, enc.patch_size) != (pred.embed_dim, pred.img_size, pred.patch_size):
+            raise ValueError(
+                f"encoder (width, image, patch) {(enc.embed_dim, enc.img_size, enc.patch_size)} does not fit "
+                f"predictor {(pred.embed_dim, pred.img_size, pred.patch_size)}"
+            )
+        self.encoder = encoder
+        self.predictor = predictor
+        self.autocast_dtype = autocast_dtype
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, seed: int = 0) -> "WorldModel":
+        """A freshly initialised model (deterministic in `seed`; the global RNG is left untouched)."""
+        if not config.is_action_conditioned:
+            raise ValueError("a world model needs an action-conditioned predictor; this config has a mask-token one")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder, predictor = build_modules(config)
+            encoder.reset_parameters()
+            predictor.reset_parameters()
+        return cls(encoder, predictor)
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig(self.encoder.config, self.predictor.config)
+
+    @property
+    def image_size(self) -> int:
+        return self.encoder.config.img_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.predictor.config.tokens_per_frame
+
+    @property
+    def embed_dim(self) -> int:
+        return self.encoder.config.embed_dim
+
+    @property
+    def max_horizon(self) -> int:
+        """Longest `rollout` (the predictor's context limit)."""
+        return self.predictor.config.max_time_steps
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.predictor_proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype: the autocast dtype if set, else the weights' dtype."""
+        return self.autocast_dtype or self.predictor.predictor_proj.weight.dtype
+
+    def encode(self, images: ImageBatch, crop: str = "center") -> torch.Tensor:
+        """uint8 RGB (H, W, 3) | (B, H, W, 3) | list of (H, W, 3), any size -> (B, N, D) normalised latents.
+
+        `crop="center"` is the official inference transform; `"droid"` the DROID training crop.
+        """
+        with torch.inference_mode():
+            pixels = preprocess_images(images, self.image_size, crop, self.device)
+            return self.encode_pixels(pixels)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed (B, 3, S, S) -> (B, N, D) normalised latents; each image is its own 2-frame
+        tubelet. Not under inference mode, so training code can call it inside `torch.no_grad()`."""
+        tubelet = self.encoder.config.tubelet_size
+        clip = pixels.to(self.device, self.predictor.predictor_proj.weight.dtype)[:, :, None].expand(-1, -1, tubelet, -1, -1)
+        with self._autocast():
+            return normalize_latents(self.encoder(clip))
+
+    def rollout(
+        self, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor, cached: bool = True
+    ) -> torch.Tensor:
+        """Imagine H frames for S candidate action sequences from one shared (or per-sample) start.
+
+        context (1|S, N, D) normalised latents of frame 0; actions (S, H, 7); states (S, H, 7) with
+        states[:, h] the state at frame h. Returns (S, H, N, D): normalised predictions of frames
+        1..H. `cached=False` recomputes the whole history at every step (the official procedure).
+        """
+        with torch.inference_mode():
+            context, actions, states = self._rollout_inputs(context, actions, states)
+            with self._autocast():
+                return (self._rollout_cached if cached else self._rollout_full)(context, actions, states)
+
+    def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
+        """Weights + architecture record (+ `metadata`, e.g. provenance) as safetensors."""
+        save_safetensors(path, self.config, self.encoder, self.predictor, metadata)
+
+    def _rollout_cached(self, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        samples, horizon = actions.shape[:2]
+        cache = self.predictor.new_cache(horizon)
+        frames = []
+        frame = context
+        for h in range(horizon):
+            frame = normalize_latents(self.predictor.step(frame, actions[:, h], states[:, h], cache))
+            frames.append(frame)
+        return torch.stack(frames, dim=1)
+
+    def _rollout_full(self, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        samples, horizon = actions.shape[:2]
+        n = self.tokens_per_frame
+        history = context.expand(samples, -1, -1)
+        frames = []
+        for h in range(horizon):
+            predicted = self.predictor(history, actions[:, : h + 1], states[:, : h + 1])[:, -n:]
+            frame = normalize_latents(predicted)
+            frames.append(frame)
+            history = torch.cat([history, frame.to(history.dtype)], dim=1)
+        return torch.stack(frames, dim=1)
+
+    def _rollout_inputs(self, context, actions, states):
+        n, d = self.tokens_per_frame, self.embed_dim
+        if actions.dim() != 3 or actions.shape[-1] != self.predictor.config.action_dim or states.shape != actions.shape:
+            raise ValueError(f"actions and states must both be (S, H, 7), got {tuple(actions.shape)} and {tuple(states.shape)}")
+        samples, horizon = actions.shape[:2]
+        if not 0 < horizon <= self.max_horizon:
+            raise ValueError(f"horizon must be in 1..{self.max_horizon}, got {horizon}")
+        if context.dim() != 3 or context.shape[1:] != (n, d) or context.shape[0] not in (1, samples):
+            raise ValueError(f"context must be (1 or {samples}, {n}, {d}), got {tuple(context.shape)}")
+        dtype = self.predictor.predictor_proj.weight.dtype
+        return (t.to(self.device, dtype, non_blocking=True) for t in (context, actions, states))
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def load_world_model(
+    source: str | os.PathLike = "demo",
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    *,
+    config: ModelConfig | None = None,
+    seed: int = 0,
+    compile: bool = False,
+) -> WorldModel:
+    """A `WorldModel` from a preset name, a released `.pt` or one of our `.safetensors` files.
+
+    * `"demo"`: the embedded model, `world_model/assets/demo.safetensors`.
+    * another AC preset name (`ac_vit_giant`, `small`, `tiny`): randomly initialised from `seed`,
+      with a warning; useful for tests and benchmarks only.
+    * a path: weights loaded strictly; the architecture comes from `config`, the file's
+      architecture record (safetensors) or its shapes (released `.pt`).
+    `dtype`: "float32" or "float64" set the weights' dtype; "bfloat16" keeps float32 weights and
+    runs under bf16 autocast. `compile=True` wraps encoder and predictor blocks in `torch.compile`.
+    """
+    compute = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if compute not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    model = _load_modules(source, config, seed)
+    weights_dtype = torch.float32 if compute == torch.bfloat16 else compute
+    model = model.to(device=resolve_device(device), dtype=weights_dtype).eval().requires_grad_(False)
+    model.autocast_dtype = torch.bfloat16 if compute == torch.bfloat16 else None
+    if compile:
+        model.encoder.compile()
+        for block in model.predictor.predictor_blocks:
+            block.compile(dynamic=True)
+    return model
+
+
+def _load_modules(source: str | os.PathLike, config: ModelConfig | None, seed: int) -> WorldModel:
+    name = str(source)
+    if name in PRESETS and not Path(name).exists():
+        if name == "demo":
+            if not DEMO_WEIGHTS.is_file():
+                raise FileNotFoundError(
+                    f"the demo world model is not trained yet ({DEMO_WEIGHTS} is missing); "
+                    "create it with `jepa-planner train` (see world_model/README.md)"
+                )
+            return _from_file(DEMO_WEIGHTS, config)
+        logger.warning("preset %r has no weights: randomly initialised (seed %d), predictions are meaningless", name, seed)
+        return WorldModel.from_config(config or PRESETS[name], seed)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{source!r} is neither a file nor a preset ({', '.join(PRESETS)})")
+    return _from_file(path, config)
+
+
+def _from_file(path: Path, config: ModelConfig | None) -> WorldModel:
+    config, encoder, predictor, _ = load_checkpoint(path, config)
+    if not config.is_action_conditioned:
+        raise ValueError(f"{path} is a plain V-JEPA 2 checkpoint (mask-token predictor), not an action-conditioned world model")
+    return WorldModel(encoder, predictor)
