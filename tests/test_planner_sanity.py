@@ -38,7 +38,7 @@ class BlobWorld:
         return torch.exp(-distance2 / (2 * self.sigma**2)).unsqueeze(-1) * self.code
 
     def rollout(self, context, actions, states, cached=True):
-        self.calls.append({"samples": actions.shape[0], "cached": cached})
+        self.calls.append({"actions": actions.clone(), "states": states.clone(), "cached": cached})
         # Frame h+1 shows the arm where action h takes it from pose h.
         return self.render(states[..., :3] + actions[..., :3])
 

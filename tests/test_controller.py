@@ -1,0 +1,144 @@
+"""RecedingHorizonController: sub-goal schedule, warm start, limits, bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from planner.config import PlannerConfig
+from planner.controller import RecedingHorizonController, SubGoal
+from planner.noise import RecordedNoise
+from test_planner_sanity import BlobWorld
+
+FAST = dict(horizon=1, samples=16, topk=4, iterations=2)
+
+
+def blob(world, xyz):
+    return world.render(torch.tensor(xyz))
+
+
+def pose(xyz, gripper=0.0):
+    return torch.tensor([*xyz, 0.0, 0.0, 0.0, gripper])
+
+
+def test_step_returns_first_action_target_pose_energy_and_time():
+    world = BlobWorld()
+    controller = RecedingHorizonController(world, PlannerConfig(horizon=2, samples=64, topk=8, iterations=4), blob(world, (0.54, 0.0, 0.3)))
+    step = controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)))
+    assert step.action.shape == (7,) and step.plan.shape == (2, 7)
+    torch.testing.assert_close(step.action, step.plan[0])
+    torch.testing.assert_close(step.target_pose[:3], torch.tensor([0.5, 0.0, 0.3]) + step.action[:3])
+    assert step.action[0] > 0.01  # heads toward the goal along +x
+    assert step.planning_seconds > 0 and math.isfinite(step.energy)
+    assert step.goal_energy > 0
+
+
+def test_sub_goal_switches_after_its_step_count():
+    world = BlobWorld()
+    goals = [SubGoal(blob(world, (0.6, 0.0, 0.3)), max_steps=2), SubGoal(blob(world, (0.4, 0.0, 0.3)))]
+    controller = RecedingHorizonController(world, PlannerConfig(**FAST), goals)
+    here = blob(world, (0.5, 0.0, 0.3))
+    indices = [controller.step(here, pose((0.5, 0.0, 0.3))).goal_index for _ in range(4)]
+    assert indices == [0, 0, 1, 1]  # the last goal is never left
+
+
+def test_sub_goal_switches_when_its_energy_falls_below_threshold():
+    world = BlobWorld()
+    first, second = (0.6, 0.0, 0.3), (0.4, 0.1, 0.3)
+    goals = [SubGoal(blob(world, first), energy_threshold=1e-3), SubGoal(blob(world, second))]
+    controller = RecedingHorizonController(world, PlannerConfig(**FAST), goals)
+    assert controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3))).goal_index == 0
+    arrived = controller.step(blob(world, first), pose(first))  # standing on the first sub-goal
+    assert arrived.goal_index == 1
+    assert arrived.goal_energy > 1e-3  # reported against the goal it now plans for
+    controller.reset()
+    assert controller.goal_index == 0 and controller.warm_start is None
+
+
+def test_warm_start_is_the_previous_plan_shifted_and_seeds_the_next_search():
+    world = BlobWorld()
+    config = PlannerConfig(horizon=2, samples=16, topk=4, iterations=1)
+    # step 1: random noise; step 2: zero noise, so its candidates are exactly the warm-start mean
+    draws = [torch.randn(16, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)] + [torch.zeros(16, 4)] * 2
+    controller = RecedingHorizonController(world, config, blob(world, (0.6, 0.05, 0.3)), noise=RecordedNoise(draws))
+    controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)))
+    warm = controller.warm_start
+    assert warm.mean[1].abs().max() == 0  # a fresh last step
+    assert warm.mean[0].abs().max() > 0
+    world.calls.clear()
+    controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)))
+    searched = world.calls[0]["actions"]
+    expected = torch.cat((warm.mean[:, :3], torch.zeros(2, 3), warm.mean[:, 3:].clamp(-0.75, 0.75)), dim=-1)
+    torch.testing.assert_close(searched, expected.expand_as(searched))
+
+
+def test_sessions_keep_separate_state():
+    world = BlobWorld()
+    goal_a, goal_b = blob(world, (0.6, 0.0, 0.3)), blob(world, (0.4, 0.0, 0.3))
+    a = RecedingHorizonController(world, PlannerConfig(**FAST), [SubGoal(goal_a, max_steps=1), SubGoal(goal_b)])
+    b = RecedingHorizonController(world, PlannerConfig(**FAST), goal_b)
+    here = blob(world, (0.5, 0.0, 0.3))
+    a.step(here, pose((0.5, 0.0, 0.3)))
+    a.step(here, pose((0.5, 0.0, 0.3)))
+    assert (a.goal_index, b.goal_index, b.warm_start) == (1, 0, None)
+
+
+coordinate = st.floats(-1.5, 1.5, allow_nan=False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.tuples(coordinate, coordinate, coordinate), st.tuples(coordinate, coordinate, coordinate), st.floats(0.001, 0.2))
+def test_limits_always_hold(start, goal, maxnorm):
+    world = BlobWorld()
+    config = PlannerConfig(maxnorm=maxnorm, workspace_min=(0.3, -0.2, 0.1), workspace_max=(0.7, 0.2, 0.5), **FAST)
+    controller = RecedingHorizonController(world, config, blob(world, goal))
+    step = controller.step(blob(world, start), pose(start))
+    assert step.action[:3].abs().max() <= maxnorm + 1e-6
+    assert step.action[3:6].abs().max() == 0
+    inside = all(lo <= s <= hi for s, lo, hi in zip(start, config.workspace_min, config.workspace_max))
+    for axis, (s, lo, hi) in enumerate(zip(start, config.workspace_min, config.workspace_max)):
+        t = step.target_pose[axis].item()
+        if inside:
+            assert lo - 1e-6 <= t <= hi + 1e-6
+        else:  # never further outside the box than where it started
+            assert max(lo - t, t - hi, 0) <= max(lo - s, s - hi, 0) + 1e-6
+    assert 0.0 <= step.target_pose[6] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"maxnorm": 0.0}, "maxnorm"), ({"topk": 32, "samples": 16}, "topk"), ({"iterations": 0}, "iterations")],
+)
+def test_adversarial_settings_are_rejected_before_any_planning(settings, message):
+    with pytest.raises(ValidationError, match=message):
+        RecedingHorizonController(BlobWorld(), PlannerConfig(**settings), torch.zeros(27, 4))
+
+
+@pytest.mark.parametrize(
+    "latent, state, message",
+    [
+        (torch.zeros(27, 4), torch.tensor([0.5, float("nan"), 0.3, 0, 0, 0, 0]), "state must be finite"),
+        (torch.zeros(27, 4), torch.zeros(6), "7-D pose"),
+        (torch.full((27, 4), float("inf")), torch.zeros(7), "current latent contains NaN"),
+        (torch.zeros(2, 27, 4), torch.zeros(7), r"one frame latent"),
+        (torch.zeros(27, 5), torch.zeros(7), "differ in shape"),
+    ],
+)
+def test_bad_observations_are_rejected_with_clear_errors(latent, state, message):
+    world = BlobWorld()
+    controller = RecedingHorizonController(world, PlannerConfig(**FAST), blob(world, (0.5, 0.0, 0.3)))
+    with pytest.raises(ValueError, match=message):
+        controller.step(latent, state)
+    assert controller.steps_on_goal == 0  # a rejected observation changes nothing
+
+
+def test_empty_or_bad_goal_schedule_is_rejected():
+    world = BlobWorld()
+    with pytest.raises(ValueError, match="at least one goal"):
+        RecedingHorizonController(world, PlannerConfig(**FAST), [])
+    with pytest.raises(ValueError, match="max_steps"):
+        SubGoal(torch.zeros(27, 4), max_steps=0)
