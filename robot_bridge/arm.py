@@ -13,6 +13,62 @@ import numpy as np
 STATE_DIM = 7  # [x, y, z (m), roll, pitch, yaw (rad, extrinsic "xyz"), gripper 0=open..1=closed]
 
 
+class UnsafeTarget(ValueError):
+    """A target that cannot be made safe by clamping (wrong shape, NaN or infinity)."""
+
+
+def _wrap_angle(angle: np.ndarray) -> np.ndarray:
+    return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    """What the arm accepts, whatever the service asks: applied to every target before `move_to`.
+
+    The default box suits a Franka Panda with its base at the origin and the table top at z = 0.
+    """
+
+    workspace_low: tuple[float, float, float] = (0.25, -0.45, 0.02)
+    workspace_high: tuple[float, float, float] = (0.80, 0.45, 0.70)
+    max_translation_m: float = 0.05    # per control step, from the current position
+    max_rotation_rad: float = 0.25     # per control step, per Euler angle, from the current angles
+
+    def __post_init__(self) -> None:
+        low, high = np.asarray(self.workspace_low, float), np.asarray(self.workspace_high, float)
+        if low.shape != (3,) or high.shape != (3,) or not (np.isfinite(low).all() and np.isfinite(high).all()):
+            raise ValueError("workspace corners must be three finite numbers each")
+        if not (low < high).all():
+            raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}")
+        if not (self.max_translation_m > 0 and self.max_rotation_rad > 0):
+            raise ValueError("per-step limits must be positive")
+
+    def clamp(self, target: np.ndarray, current: np.ndarray) -> np.ndarray:
+        """The nearest safe target: inside the box, at most one step from `current`, gripper in [0, 1].
+
+        The box is applied first and the step limit last, so the arm never jumps, even when it
+        starts outside the box and is being brought back in. Raises UnsafeTarget for wrong
+        shapes or non-finite numbers, in the target or in the arm's own state.
+        """
+        target = np.asarray(target, dtype=np.float64)
+        current = np.asarray(current, dtype=np.float64)
+        for name, pose in (("target", target), ("current state", current)):
+            if pose.shape != (STATE_DIM,):
+                raise UnsafeTarget(f"{name} must have shape ({STATE_DIM},), got {pose.shape}")
+            if not np.isfinite(pose).all():
+                raise UnsafeTarget(f"{name} contains NaN or infinity")
+        safe = np.empty(STATE_DIM)
+        position = np.clip(target[:3], self.workspace_low, self.workspace_high)
+        step = position - current[:3]
+        distance = float(np.linalg.norm(step))
+        if distance > self.max_translation_m:
+            step *= self.max_translation_m / distance
+        safe[:3] = current[:3] + step
+        turn = np.clip(_wrap_angle(target[3:6] - current[3:6]), -self.max_rotation_rad, self.max_rotation_rad)
+        safe[3:6] = _wrap_angle(current[3:6] + turn)
+        safe[6] = np.clip(target[6], 0.0, 1.0)
+        return safe
+
+
 @dataclass(frozen=True)
 class Observation:
     image: np.ndarray            # (H, W, 3) uint8 RGB from the fixed exterior camera
@@ -42,12 +98,14 @@ class Arm(ABC):
     def move_to(self, target: np.ndarray) -> None:
         """Move towards an absolute 7-D end-effector target for one control period.
 
-        The caller has already clamped `target` to the workspace and step limits.
+        The caller has already clamped `target` to the workspace and step limits. The client
+        loop calls exactly one of `move_to` / `hold` per control period, at `control_hz`.
         """
 
     @abstractmethod
     def hold(self) -> None:
-        """Stop moving and keep the current pose (also called when plans stop arriving)."""
+        """Stop moving and keep the current pose for one control period (also called when plans
+        stop arriving, and repeatedly while they stay away)."""
 
     def close(self) -> None:
         """Release hardware or simulator resources."""

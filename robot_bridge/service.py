@@ -1,0 +1,456 @@
+"""The service side of the bridge: one ROUTER socket, arms connect as DEALERs named by robot id.
+
+Threads and their jobs:
+- the I/O thread owns every socket; it validates each frame, answers hello / heartbeat / bad
+  input at once, and files each valid observation as its robot's newest pending one;
+- planner threads take a robot's newest pending observation, call the planning callback and
+  hand the reply back to the I/O thread. An observation that is overtaken by a newer one from
+  the same robot before a planner takes it is dropped and counted, never planned.
+So a slow planner never delays validation or answers to other messages, and a robot is never
+planned twice at once.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
+
+from .protocol import (
+    ARM_TO_SERVICE,
+    DEFAULT_LIMITS,
+    ActionMessage,
+    ErrorCode,
+    ErrorMessage,
+    HeartbeatMessage,
+    HelloMessage,
+    HoldMessage,
+    Message,
+    ObservationMessage,
+    PlanReply,
+    ProtocolError,
+    ProtocolLimits,
+    StopMessage,
+    WelcomeMessage,
+    decode,
+    encode,
+)
+from .security import ServerKeys, require_secure
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+PlanCallback = Callable[[str, ObservationMessage], PlanReply]
+"""plan(robot_id, observation) -> ActionMessage | HoldMessage | ErrorMessage, run on a planner thread.
+
+The service decodes the image first (`observation.image.decode()` is then free), stamps the
+reply's `seq` (and an action's `planning_ms`, the callback's wall time), and turns an exception
+into an `error` reply with code `planner_error`. Return `ErrorMessage(ErrorCode.NO_SESSION.value, ...)`
+when no planning session is bound to the robot.
+"""
+SessionInfo = Callable[[str], "Mapping[str, str | int | float] | None"]
+
+_MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_MAX_FRAMES_PER_WAKE = 256   # bound one I/O pass so queued replies are never starved by a flood
+
+
+@dataclass
+class _Robot:
+    hello: HelloMessage
+    last_seen: float
+    last_seq: int = -1
+    pending: ObservationMessage | None = None
+    queued: bool = False       # waiting in the ready queue for a planner thread
+    planning: bool = False     # a planner thread is on it now
+
+
+class BridgeService:
+    """Serve plans to arms over ZeroMQ. Use as a context manager or call start() / close()."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        plan: PlanCallback,
+        *,
+        keys: ServerKeys | None = None,
+        limits: ProtocolLimits = DEFAULT_LIMITS,
+        planner_threads: int = 2,
+        session_info: SessionInfo | None = None,
+        heartbeat_interval_s: float = 1.0,
+        robot_timeout_s: float = 30.0,
+        software: str = "jepa-planner",
+    ):
+        require_secure(endpoint, keys, "bridge service")
+        if planner_threads < 1:
+            raise ValueError("planner_threads must be at least 1")
+        self._requested_endpoint = endpoint
+        self._plan = plan
+        self._keys = keys
+        self._limits = limits
+        self._planner_thread_count = planner_threads
+        self._session_info = session_info
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._robot_timeout_s = robot_timeout_s
+        self._software = software
+
+        self._robots: dict[bytes, _Robot] = {}
+        self._ready: collections.deque[bytes] = collections.deque()
+        self._work = threading.Condition()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._error_counts: collections.Counter[str] = collections.Counter()
+        self._counts_lock = threading.Lock()
+        self._outbox_lock = threading.Lock()
+        self._running = False
+        self._threads: list[threading.Thread] = []
+        self._context: zmq.Context | None = None
+        self._authenticator: ThreadAuthenticator | None = None
+        self.endpoint: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> "BridgeService":
+        """Bind and start serving; raises at once if the endpoint or the keys are unusable."""
+        self._context = zmq.Context()
+        try:
+            self._router = self._bind_router()
+        except Exception:
+            self._shutdown_context()
+            raise
+        self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._monitor = self._router.get_monitor_socket(_MONITOR_EVENTS)
+        outbox = f"inproc://bridge-outbox-{id(self)}"
+        self._outbox_pull = self._context.socket(zmq.PULL)
+        self._outbox_pull.bind(outbox)
+        self._outbox_push = self._context.socket(zmq.PUSH)
+        self._outbox_push.connect(outbox)
+        self._running = True
+        self._threads = [threading.Thread(target=self._io_loop, name="bridge-io", daemon=True)]
+        self._threads += [threading.Thread(target=self._planner_loop, name=f"bridge-planner-{i}", daemon=True)
+                          for i in range(self._planner_thread_count)]
+        for thread in self._threads:
+            thread.start()
+        log.info("bridge listening on %s (%s)", self.endpoint, "CURVE" if self._keys else "loopback, no CURVE")
+        return self
+
+    def _bind_router(self) -> zmq.Socket:
+        router = self._context.socket(zmq.ROUTER)
+        router.linger = 0
+        router.maxmsgsize = self._limits.max_message_bytes   # libzmq drops the peer past this
+        router.router_handover = 1      # a restarted arm reclaims its robot id at once
+        router.router_mandatory = 1     # unroutable replies raise, so they are counted, never lost silently
+        if self._keys is not None:
+            public, secret = self._keys.key_pair()
+            authorized = self._keys.authorized_keys()
+            self._authenticator = ThreadAuthenticator(self._context)
+            self._authenticator.start()
+            self._authenticator.configure_curve(domain="*", location=str(self._keys.authorized_keys_dir))
+            log.info("bridge admits %d arm key(s) from %s", len(authorized), self._keys.authorized_keys_dir)
+            router.curve_secretkey = secret
+            router.curve_publickey = public
+            router.curve_server = True
+        try:
+            router.bind(self._requested_endpoint)
+        except zmq.ZMQError:
+            router.close()
+            raise
+        return router
+
+    def close(self) -> None:
+        if not self._running:
+            return
+        with self._work:
+            self._running = False
+            self._work.notify_all()
+        self._post(b"", b"")  # wakes the I/O thread, which sees _running is False and exits
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+        with self._outbox_lock:
+            self._outbox_push.close()
+        self._shutdown_context()
+
+    def _shutdown_context(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+        if self._context is not None:
+            self._context.destroy(linger=0)
+            self._context = None
+
+    def __enter__(self) -> "BridgeService":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- public controls and counters (any thread) ------------------------------------------
+
+    def send_stop(self, robot_id: str, reason: str) -> None:
+        """Tell an arm to hold and end its control loop."""
+        self._count("stops_sent")
+        self._post(robot_id.encode(), encode(StopMessage(reason[: self._limits.max_text])))
+
+    def robots(self) -> list[str]:
+        with self._work:
+            return sorted(rid.decode() for rid in self._robots)
+
+    def stats(self) -> dict[str, int]:
+        """Monotonic counters (plus robots_active, a gauge) for metrics."""
+        with self._counts_lock:
+            counts = dict(self._counts)
+        with self._work:
+            counts["robots_active"] = len(self._robots)
+        for name in _COUNTER_NAMES:
+            counts.setdefault(name, 0)
+        return counts
+
+    def error_counts(self) -> dict[str, int]:
+        """Error replies sent, by error code."""
+        with self._counts_lock:
+            return dict(self._error_counts)
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        with self._counts_lock:
+            self._counts[name] += amount
+
+    def _post(self, routing_id: bytes, payload: bytes) -> None:
+        """Queue a frame for the I/O thread to send (thread-safe: the lock serialises the PUSH socket)."""
+        with self._outbox_lock:
+            if not self._outbox_push.closed:
+                self._outbox_push.send_multipart([routing_id, payload])
+
+    # -- I/O thread -------------------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        for socket in (self._router, self._outbox_pull, self._monitor):
+            poller.register(socket, zmq.POLLIN)
+        next_sweep = time.monotonic() + 1.0
+        try:
+            while self._running:
+                ready = dict(poller.poll(timeout=500))
+                if self._router in ready:
+                    self._receive_frames()
+                if self._outbox_pull in ready:
+                    self._send_outbox()
+                if self._monitor in ready:
+                    self._read_monitor()
+                if time.monotonic() >= next_sweep:
+                    self._forget_silent_robots()
+                    next_sweep = time.monotonic() + 1.0
+        except Exception:  # a bug here would silently stop every arm: make it loud
+            log.exception("bridge I/O thread failed")
+            raise
+        finally:
+            self._router.disable_monitor()
+            for socket in (self._monitor, self._router, self._outbox_pull):
+                socket.close(linger=0)
+
+    def _receive_frames(self) -> None:
+        for _ in range(_MAX_FRAMES_PER_WAKE):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._count("messages_received")
+            self._count("bytes_received", sum(len(f) for f in frames))
+            routing_id = frames[0]
+            if len(frames) != 2:
+                self._reply_error(routing_id, ProtocolError(
+                    ErrorCode.MALFORMED, f"a message is exactly one frame, got {len(frames) - 1}"))
+                continue
+            try:
+                message = decode(frames[1], self._limits, accept=ARM_TO_SERVICE)
+                self._handle(routing_id, message)
+            except ProtocolError as error:
+                self._reply_error(routing_id, error)
+
+    def _handle(self, routing_id: bytes, message: Message) -> None:
+        now = time.monotonic()
+        if isinstance(message, HelloMessage):
+            self._handle_hello(routing_id, message, now)
+        elif isinstance(message, ObservationMessage):
+            self._handle_observation(routing_id, message, now)
+        elif isinstance(message, HeartbeatMessage):
+            with self._work:
+                robot = self._robots.get(routing_id)
+                if robot is not None:
+                    robot.last_seen = now
+            self._send(routing_id, message)
+        elif isinstance(message, ErrorMessage):  # never answered: no error ping-pong
+            self._count("arm_errors_received")
+            log.warning("arm %r reported %s: %s", routing_id, message.code, message.message)
+
+    def _handle_hello(self, routing_id: bytes, hello: HelloMessage, now: float) -> None:
+        if hello.robot_id.encode() != routing_id:
+            raise ProtocolError(ErrorCode.ROBOT_ID_MISMATCH,
+                                f"hello says robot_id {hello.robot_id!r} but the socket routing id is "
+                                f"{routing_id[:64]!r}; set ZMQ_ROUTING_ID to the robot id before connecting")
+        with self._work:
+            robot = self._robots.get(routing_id)
+            if robot is None:
+                self._robots[routing_id] = _Robot(hello=hello, last_seen=now)
+            else:  # a restarted arm: its numbering starts again; keep `planning` so it is never planned twice
+                if robot.pending is not None:
+                    self._count("observations_dropped_stale")
+                robot.hello, robot.last_seen, robot.last_seq, robot.pending = hello, now, -1, None
+        self._count("hellos")
+        session = None
+        if self._session_info is not None:
+            try:
+                session = self._session_info(hello.robot_id)
+            except Exception:
+                log.exception("session_info(%r) failed", hello.robot_id)
+        log.info("arm %s connected: camera %dx%d at %.1f Hz", hello.robot_id, hello.camera_height,
+                 hello.camera_width, hello.control_hz)
+        self._send(routing_id, WelcomeMessage(
+            robot_id=hello.robot_id, max_message_bytes=self._limits.max_message_bytes,
+            heartbeat_interval_s=self._heartbeat_interval_s,
+            session=dict(session) if session is not None else None, software=self._software))
+
+    def _handle_observation(self, routing_id: bytes, observation: ObservationMessage, now: float) -> None:
+        with self._work:
+            robot = self._robots.get(routing_id)
+            if robot is None:
+                raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello before observations", observation.seq)
+            if observation.seq <= robot.last_seq:
+                raise ProtocolError(ErrorCode.OUT_OF_ORDER,
+                                    f"seq {observation.seq} is not above the previous {robot.last_seq}", observation.seq)
+            expected = (robot.hello.camera_height, robot.hello.camera_width)
+            if (observation.image.height, observation.image.width) != expected:
+                raise ProtocolError(ErrorCode.BAD_IMAGE, f"image is {observation.image.height}x{observation.image.width}, "
+                                    f"hello announced {expected[0]}x{expected[1]}", observation.seq)
+            robot.last_seq, robot.last_seen = observation.seq, now
+            if robot.pending is not None:
+                self._count("observations_dropped_stale")
+            robot.pending = observation
+            if not robot.queued and not robot.planning:
+                robot.queued = True
+                self._ready.append(routing_id)
+                self._work.notify()
+        self._count("observations_received")
+
+    def _send_outbox(self) -> None:
+        for _ in range(_MAX_FRAMES_PER_WAKE):
+            try:
+                routing_id, payload = self._outbox_pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if routing_id:
+                self._send_raw(routing_id, payload)
+
+    def _send(self, routing_id: bytes, message: Message) -> None:
+        self._send_raw(routing_id, encode(message))
+
+    def _send_raw(self, routing_id: bytes, payload: bytes) -> None:
+        try:
+            self._router.send_multipart([routing_id, payload], zmq.NOBLOCK)
+            self._count("messages_sent")
+        except zmq.ZMQError:  # peer gone (EHOSTUNREACH) or its queue full (EAGAIN): drop, never block
+            self._count("replies_undeliverable")
+
+    def _reply_error(self, routing_id: bytes, error: ProtocolError) -> None:
+        with self._counts_lock:
+            self._counts["invalid_messages"] += 1
+            self._error_counts[error.code.value] += 1
+        self._send(routing_id, ErrorMessage.from_exception(error))
+
+    def _read_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_ACCEPTED:
+                self._count("connections_accepted")
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._count("disconnections")
+            else:
+                self._count("handshake_failures")
+
+    def _forget_silent_robots(self) -> None:
+        deadline = time.monotonic() - self._robot_timeout_s
+        with self._work:
+            silent = [rid for rid, robot in self._robots.items()
+                      if robot.last_seen < deadline and not robot.planning and not robot.queued]
+            for routing_id in silent:
+                del self._robots[routing_id]
+        for routing_id in silent:
+            log.info("forgot silent arm %r", routing_id)
+
+    # -- planner threads --------------------------------------------------------------------
+
+    def _planner_loop(self) -> None:
+        while True:
+            with self._work:
+                while self._running and not self._ready:
+                    self._work.wait()
+                if not self._running:
+                    return
+                routing_id = self._ready.popleft()
+                robot = self._robots.get(routing_id)
+                if robot is None or robot.pending is None:
+                    continue
+                observation, robot.pending = robot.pending, None
+                robot.queued, robot.planning = False, True
+            try:
+                payload = encode(self._plan_one(routing_id.decode(), observation))
+            except ValueError as error:  # the callback's reply cannot be sent (e.g. NaN target)
+                self._count("planner_errors")
+                payload = encode(ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"unsendable plan: {error}"[:200],
+                                              observation.seq))
+            self._post(routing_id, payload)
+            with self._work:
+                robot.planning = False
+                if robot.pending is not None and not robot.queued and self._robots.get(routing_id) is robot:
+                    robot.queued = True
+                    self._ready.append(routing_id)
+                    self._work.notify()
+
+    def _plan_one(self, robot_id: str, observation: ObservationMessage) -> PlanReply:
+        try:
+            observation.image.decode()
+        except ProtocolError as error:
+            self._count_error_code(error.code.value)
+            return ErrorMessage(error.code.value, error.message, observation.seq)
+        started = time.perf_counter()
+        try:
+            reply = self._plan(robot_id, observation)
+        except Exception as error:
+            log.exception("planning for %s failed", robot_id)
+            self._count("planner_errors")
+            return ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"{type(error).__name__}: {error}"[:500],
+                                observation.seq)
+        self._count("observations_planned")
+        if isinstance(reply, ActionMessage):
+            self._count("actions_sent")
+            return dataclasses.replace(reply, seq=observation.seq,
+                                       planning_ms=(time.perf_counter() - started) * 1000.0)
+        if isinstance(reply, HoldMessage):
+            self._count("holds_sent")
+            return dataclasses.replace(reply, seq=observation.seq)
+        if isinstance(reply, ErrorMessage):
+            self._count_error_code(reply.code)
+            return dataclasses.replace(reply, seq=observation.seq)
+        self._count("planner_errors")
+        return ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"planner returned {type(reply).__name__}", observation.seq)
+
+    def _count_error_code(self, code: str) -> None:
+        with self._counts_lock:
+            self._error_counts[code] += 1
+
+
+_COUNTER_NAMES = (
+    "messages_received", "bytes_received", "messages_sent", "invalid_messages", "hellos",
+    "observations_received", "observations_dropped_stale", "observations_planned", "actions_sent",
+    "holds_sent", "stops_sent", "planner_errors", "replies_undeliverable", "arm_errors_received",
+    "connections_accepted", "disconnections", "handshake_failures",
+)
