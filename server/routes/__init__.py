@@ -1,0 +1,1 @@
+"""HTTP routers, one per resource. Route functions only translate HTTP <-> service calls."""

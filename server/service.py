@@ -1,0 +1,71 @@
+"""Everything one running service owns: settings, storage, the model worker, goals, sessions, metrics
+and the ZeroMQ bridge. The HTTP app and `jepa-planner serve` share one instance."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from .engine import Engine
+from .goals import GoalLibrary
+from .images import decode_image
+from .metrics import ServiceMetrics
+from .schemas import parse_state
+from .sessions import ActOutcome, PlannerValidator, SessionRegistry
+from .settings import ServerSettings
+from .storage import Storage
+from .worker import ModelWorker
+
+log = logging.getLogger(__name__)
+
+EngineLoader = Callable[[ServerSettings], Engine]
+
+
+class PlanningService:
+    def __init__(self, settings: ServerSettings, load_engine: EngineLoader, validate_planner: PlannerValidator):
+        self.settings = settings
+        self._load_engine = load_engine
+        self.metrics = ServiceMetrics()
+        self.storage = Storage(settings.data_dir)
+        self.worker: ModelWorker[Engine] = ModelWorker()
+        self.goals = GoalLibrary(self.storage, self.worker, settings.max_image_pixels)
+        self.sessions = SessionRegistry(self.storage, self.worker, self.goals, self.metrics, validate_planner)
+        self.metrics.worker_queue.set_function(lambda: self.worker.queued)
+        self.metrics.model_ready.set_function(lambda: 1.0 if self.worker.ready else 0.0)
+        self._stoppers: list[Callable[[], Any]] = []
+
+    def start(self) -> None:
+        """Begin loading the model on the worker (readiness flips when it is done)."""
+        log.info("loading model %r on device %r (%s)", self.settings.model, self.settings.device, self.settings.dtype)
+        self.worker.start(lambda: self._load_engine(self.settings)).add_done_callback(self._log_loaded)
+
+    def on_stop(self, stopper: Callable[[], Any]) -> None:
+        """Register cleanup to run at close (first registered, last run)."""
+        self._stoppers.append(stopper)
+
+    def close(self) -> None:
+        for stopper in reversed(self._stoppers):
+            try:
+                stopper()
+            except Exception:
+                log.exception("error while stopping %r", stopper)
+        self._stoppers.clear()
+        self.worker.stop()
+        self.storage.close()
+
+    async def act(self, session_id: str, image_bytes: bytes, state_text: str, seq: int | None) -> ActOutcome:
+        """HTTP act: validate the state and the image (off the event loop), then plan on the worker."""
+        state = parse_state(state_text)
+        image = await asyncio.to_thread(decode_image, image_bytes, self.settings.max_image_pixels)
+        return await self.sessions.act(session_id, image.pixels, state, seq)
+
+    def model_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"source": self.settings.model, "state": self.worker.state, "error": self.worker.error}
+        engine = self.worker.model
+        if engine is not None:
+            info.update(engine.info())
+        return info
+
+    def _log_loaded(self, future) -> None:
+        if future.exception() is None:
+            log.info("model ready: %s", self.worker.model.info())

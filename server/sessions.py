@@ -1,0 +1,188 @@
+"""The session registry, shared by the HTTP routes and the ZeroMQ bridge (one process, one model).
+
+A session drives one robot towards a goal (or a schedule of sub-goals). Its planner state (warm
+start) lives in memory; its record and every step live in storage, so a restart keeps the history
+and the session simply resumes with a cold planner. All planning runs on the model worker, one job
+at a time; a job that fails answers its own caller with an error and leaves every other session alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .engine import Engine, PlanStep, SessionPlanner
+from .errors import Conflict, InvalidInput, NotFound, ServiceError, StaleObservation
+from .goals import GoalLibrary
+from .metrics import ServiceMetrics
+from .storage import ACTIVE, SessionRecord, StepRecord, Storage, new_id
+from .worker import ModelWorker
+
+log = logging.getLogger(__name__)
+
+PlannerValidator = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ActOutcome:
+    session_id: str
+    step: int
+    seq: int | None
+    action: list[float]
+    target_pose: list[float] | None
+    energy: float
+    goal_index: int
+    plan_ms: float
+    total_ms: float
+
+
+@dataclass
+class _LiveSession:
+    record: SessionRecord
+    planner: SessionPlanner | None = None  # built on the worker at the first act
+
+
+class SessionRegistry:
+    def __init__(self, storage: Storage, worker: ModelWorker[Engine], goals: GoalLibrary,
+                 metrics: ServiceMetrics, validate_planner: PlannerValidator):
+        self.storage = storage
+        self.worker = worker
+        self.goals = goals
+        self.metrics = metrics
+        self.validate_planner = validate_planner
+        self._lock = threading.Lock()  # guards _live and the one-active-session-per-robot rule
+        self._live: dict[str, _LiveSession] = {
+            record.id: _LiveSession(record) for record in storage.list_sessions(status=ACTIVE, limit=1_000_000)
+        }
+        self._update_gauge()
+
+    # operator side
+    def create(self, robot_id: str, goal_ids: list[str], planner_overrides: dict[str, Any]) -> SessionRecord:
+        for goal_id in goal_ids:
+            self.goals.get(goal_id)
+        planner = self.validate_planner(planner_overrides)
+        with self._lock:
+            current = self._active_for_robot(robot_id)
+            if current is not None:
+                raise Conflict(f"robot {robot_id!r} already has active session {current.record.id}; stop it first",
+                               code="robot_busy")
+            record = self.storage.add_session(SessionRecord(
+                id=new_id(), robot_id=robot_id, goal_ids=list(goal_ids), planner=planner,
+                status=ACTIVE, created_at=time.time(),
+            ))
+            self._live[record.id] = _LiveSession(record)
+        self._update_gauge()
+        return record
+
+    def get(self, session_id: str) -> SessionRecord:
+        live = self._live.get(session_id)
+        if live is not None:
+            return live.record
+        record = self.storage.get_session(session_id)
+        if record is None:
+            raise NotFound(f"session {session_id!r} not found")
+        return record
+
+    def list(self, status: str | None, robot_id: str | None, limit: int, offset: int) -> list[SessionRecord]:
+        records = self.storage.list_sessions(status=status, robot_id=robot_id, limit=limit, offset=offset)
+        # Live counters are the freshest view of an active session.
+        return [self._live[r.id].record if r.id in self._live else r for r in records]
+
+    def stop(self, session_id: str) -> SessionRecord:
+        self.get(session_id)
+        with self._lock:
+            self._live.pop(session_id, None)
+        record = self.storage.stop_session(session_id)
+        self._update_gauge()
+        assert record is not None
+        return record
+
+    def steps(self, session_id: str, limit: int, offset: int) -> list[StepRecord]:
+        self.get(session_id)
+        return self.storage.list_steps(session_id, limit=limit, offset=offset)
+
+    # robot side
+    async def act(self, session_id: str, pixels: np.ndarray, state: list[float], seq: int | None) -> ActOutcome:
+        live = self._live_for_act(session_id, seq)
+        return await self.worker.call(self._act_job, live, pixels, state, seq, "http", time.perf_counter())
+
+    def act_for_robot(self, robot_id: str, pixels: np.ndarray, state: list[float], seq: int | None,
+                      timeout: float | None = None) -> ActOutcome | None:
+        """Bridge entry (blocking, any thread): None when the robot has no active session."""
+        with self._lock:
+            live = self._active_for_robot(robot_id)
+        if live is None:
+            return None
+        # The bridge orders observations per connection itself (and an arm restart restarts its
+        # numbering), so its seq is recorded but not re-checked here.
+        return self.worker.call_blocking(self._act_job, live, pixels, state, seq, "bridge", time.perf_counter(),
+                                         timeout=timeout)
+
+    def _live_for_act(self, session_id: str, seq: int | None) -> _LiveSession:
+        live = self._live.get(session_id)
+        if live is None:
+            self.get(session_id)  # 404 when unknown
+            raise Conflict(f"session {session_id!r} is stopped", code="session_stopped")
+        self._check_fresh(live, seq)
+        return live
+
+    def _check_fresh(self, live: _LiveSession, seq: int | None) -> None:
+        last = live.record.last_seq
+        if seq is not None and last is not None and seq <= last:
+            self.metrics.count_stale_http()
+            raise StaleObservation(f"observation seq {seq} is not newer than {last}; dropped")
+
+    def _act_job(self, engine: Engine, live: _LiveSession, pixels: np.ndarray, state: list[float],
+                 seq: int | None, source: str, received: float) -> ActOutcome:
+        """Worker thread: encode, plan, record. Re-checks freshness: jobs may have queued out of order."""
+        if live.record.id not in self._live:
+            raise Conflict(f"session {live.record.id!r} was stopped", code="session_stopped")
+        if source == "http":
+            self._check_fresh(live, seq)
+        started = time.perf_counter()
+        try:
+            if live.planner is None:
+                goal_latents = [self.goals.latent(engine, goal_id) for goal_id in live.record.goal_ids]
+                live.planner = engine.new_session_planner(goal_latents, live.record.planner)
+            plan: PlanStep = live.planner.step(engine.encode(pixels), state)
+        except ServiceError:
+            raise
+        except Exception:
+            self.metrics.plan_failures.labels(source).inc()
+            log.exception("planning failed for session %s (robot %s)", live.record.id, live.record.robot_id)
+            raise
+        plan_seconds = time.perf_counter() - started
+        total_ms = (time.perf_counter() - received) * 1000.0
+        if not (np.all(np.isfinite(plan.action)) and np.isfinite(plan.energy)):
+            self.metrics.plan_failures.labels(source).inc()
+            raise InvalidInput("the planner produced a non-finite action; holding", code="plan_not_finite")
+        step = StepRecord(
+            session_id=live.record.id, step=live.record.steps + 1, seq=seq, source=source, received_at=time.time(),
+            goal_index=plan.goal_index, action=[float(v) for v in plan.action], energy=float(plan.energy),
+            plan_ms=plan_seconds * 1000.0, total_ms=total_ms,
+        )
+        self.storage.record_step(step)
+        live.record = dataclasses.replace(
+            live.record, steps=step.step, goal_index=step.goal_index,
+            last_seq=seq if seq is not None else live.record.last_seq, last_energy=step.energy,
+            last_action=step.action, last_plan_ms=step.plan_ms,
+        )
+        self.metrics.planning_seconds.labels(source).observe(plan_seconds)
+        self.metrics.energy.observe(step.energy)
+        self.metrics.actions.labels(source).inc()
+        return ActOutcome(
+            session_id=step.session_id, step=step.step, seq=seq, action=step.action,
+            target_pose=None if plan.target_pose is None else [float(v) for v in plan.target_pose],
+            energy=step.energy, goal_index=step.goal_index, plan_ms=step.plan_ms, total_ms=total_ms,
+        )
+
+    def _active_for_robot(self, robot_id: str) -> _LiveSession | None:
+        return next((live for live in self._live.values() if live.record.robot_id == robot_id), None)
+
+    def _update_gauge(self) -> None:
+        self.metrics.active_sessions.set(len(self._live))

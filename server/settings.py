@@ -1,0 +1,125 @@
+"""Service settings: defaults < config file (`JEPA_CONFIG`) < `JEPA_*` environment < command-line flags.
+
+The config file may be TOML, YAML or JSON (chosen by its extension) and uses the same field names,
+e.g. `model = "/weights/vitg-384-ac.pt"` or a `[planner]` table of planner overrides. Nested values
+can also come from the environment with a double underscore: `JEPA_PLANNER__SAMPLES=256`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "JEPA_CONFIG"
+_CONFIG_SOURCES = {
+    ".toml": TomlConfigSettingsSource,
+    ".yaml": YamlConfigSettingsSource,
+    ".yml": YamlConfigSettingsSource,
+    ".json": JsonConfigSettingsSource,
+}
+_FILE_KEYWORD = {TomlConfigSettingsSource: "toml_file", YamlConfigSettingsSource: "yaml_file",
+                 JsonConfigSettingsSource: "json_file"}
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be used; the message says what to change."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "jepa-planner"
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="JEPA_", env_nested_delimiter="__", extra="forbid", validate_default=True,
+    )
+
+    model: str = Field("demo", description="preset name (demo, tiny, small, vit_giant, ...) or a .pt/.safetensors checkpoint")
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    host: str = Field("127.0.0.1", description="HTTP bind address; non-loopback needs an API key")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one)")
+    bridge: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ bridge endpoint; empty disables the bridge")
+    data_dir: Path = Field(default_factory=default_data_dir, description="goals, latents and session history")
+    api_key: SecretStr | None = Field(None, description="required in X-API-Key (or Authorization: Bearer) when set")
+    max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest accepted request body")
+    max_image_pixels: int = Field(4096 * 4096, gt=0, description="largest accepted width*height, checked before decoding")
+    planner: dict[str, Any] = Field(default_factory=dict, description="PlannerConfig overrides for every session")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_means_none(cls, key: SecretStr | None) -> SecretStr | None:
+        return key if key is not None and key.get_secret_value() else None
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_user(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_path = os.environ.get(CONFIG_ENV_VAR)
+        if config_path:
+            sources.append(_config_file_source(settings_cls, Path(config_path).expanduser()))
+        return tuple(sources)
+
+    def bind_is_loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+    def check_safe_to_serve(self) -> None:
+        """Refuse an open network bind without an API key: anyone on the network could drive the robot."""
+        if not self.bind_is_loopback() and self.api_key is None:
+            raise SettingsError(
+                f"refusing to listen on {self.host!r} without an API key: set --api-key or JEPA_API_KEY, "
+                "or bind 127.0.0.1"
+            )
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything
+
+
+def _config_file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    source_cls = _CONFIG_SOURCES.get(path.suffix.lower())
+    if source_cls is None:
+        raise SettingsError(f"{CONFIG_ENV_VAR}={path}: use a .toml, .yaml, .yml or .json file")
+    if not path.is_file():
+        raise SettingsError(f"{CONFIG_ENV_VAR}={path}: no such file")
+    return source_cls(settings_cls, **{_FILE_KEYWORD[source_cls]: path})
+
+
+def load_settings(**overrides: Any) -> ServerSettings:
+    """Settings from every source; `overrides` (command-line flags) win. None values are ignored."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return ServerSettings(**given)
+    except SettingsError:
+        raise
+    except ValueError as error:  # pydantic.ValidationError, TOML/YAML/JSON parse errors
+        raise SettingsError(f"invalid settings: {error}") from error
