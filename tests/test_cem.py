@@ -8,6 +8,7 @@ from conftest import fixture_names
 from planner.cem import CEM
 from planner.config import PlannerConfig
 from planner.noise import RecordedNoise, SeededNoise
+from planner.objective import GoalObjective
 
 
 def _cem_record(reference_folder, name):
@@ -86,3 +87,34 @@ def test_gripper_delta_below_threshold_is_rounded_to_zero():
     plan = CEM(PlannerConfig(horizon=2, samples=64, topk=8, iterations=4)).solve(PreferNoGripper())
     assert plan.actions[:, 6].tolist() == [0.0, 0.0]
     assert plan.actions[:, 3:6].abs().max() == 0
+
+
+@pytest.mark.parametrize("name", fixture_names())
+def test_cem_on_the_fixture_model_reproduces_official_energies_and_action(reference_folder, name):
+    """End to end through the public world-model loader: recorded noise -> official energies and plan."""
+    from world_model import load_world_model
+
+    record = _cem_record(reference_folder, name)
+    model = load_world_model(reference_folder / f"fixture_{name}_checkpoint.pt", device="cpu", dtype="float32")
+    objective = GoalObjective(model, record["context_rep"], record["context_pose"], record["goal_rep"])
+    plan = CEM(official_config(record["mpc_args"]), RecordedNoise(record["randn_draws"])).solve(objective)
+    for ours, official in zip(plan.iteration_energies, record["energies_per_iteration"], strict=True):
+        torch.testing.assert_close(ours, official, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plan.actions, record["output_action"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", fixture_names())
+def test_chunked_bf16_and_uncached_objectives_agree(reference_folder, name):
+    from world_model import load_world_model
+
+    record = _cem_record(reference_folder, name)
+    model = load_world_model(reference_folder / f"fixture_{name}_checkpoint.pt", device="cpu", dtype="float32")
+    inputs = (record["context_rep"], record["context_pose"], record["goal_rep"])
+    actions = record["world_model_calls"][1]["actions_in"]  # (S, 2, 7) official samples
+    reference = GoalObjective(model, *inputs, cached=False).evaluate(actions)
+    torch.testing.assert_close(GoalObjective(model, *inputs, max_batch=4).evaluate(actions), reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(record["energies_per_iteration"][0], reference, atol=1e-5, rtol=0)
+    # bf16 is an approximation (SPEC pitfall 12): close in value, not bit-compatible
+    bf16 = GoalObjective(model, *inputs, autocast_bf16=True).evaluate(actions)
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, reference, atol=0.05, rtol=0)
