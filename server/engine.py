@@ -1,14 +1,18 @@
 """The seam between the service and the model stack: encode images, build per-session planners.
 
-Everything here runs on the model worker thread (server/worker.py). The service sees only this
-small interface, so HTTP, storage and the bridge never touch torch or the planner internals.
+Everything here runs on the model worker thread (server/worker.py). The service sees only the
+small `Engine` interface, so HTTP, storage and the bridge never touch torch or the planner
+internals; torch, world_model and planner are imported only when the model is loaded.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from .errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,101 @@ class Engine(Protocol):
 
     def latent_from_array(self, array: np.ndarray) -> Any: ...
 
-    def planner_settings(self, overrides: dict[str, Any]) -> dict[str, Any]: ...
+    def new_session_planner(self, goal_latents: list[Any], planner: dict[str, Any],
+                            schedule: dict[str, Any] | None = None) -> SessionPlanner: ...
 
-    def new_session_planner(self, goal_latents: list[Any], planner: dict[str, Any]) -> SessionPlanner: ...
+
+# Bounds on per-session planner overrides: a client must not be able to ask for a search that
+# exhausts the device (samples * horizon rollouts per iteration).
+MAX_SAMPLES = 8192
+MAX_ITERATIONS = 64
+
+
+def effective_planner_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Server defaults + a session's overrides, validated by PlannerConfig; the full config as JSON."""
+    from pydantic import ValidationError
+
+    from planner.config import PlannerConfig
+
+    try:
+        config = PlannerConfig(**{**defaults, **overrides})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'planner'}: {e['msg']}" for e in error.errors()[:10])
+        raise InvalidInput(f"invalid planner settings: {problems}", code="invalid_planner") from None
+    except TypeError as error:
+        raise InvalidInput(f"invalid planner settings: {error}", code="invalid_planner") from None
+    if config.samples > MAX_SAMPLES or config.iterations > MAX_ITERATIONS:
+        raise InvalidInput(f"planner asks too much: at most {MAX_SAMPLES} samples and {MAX_ITERATIONS} iterations",
+                           code="invalid_planner")
+    return config.model_dump(mode="json")
+
+
+class WorldModelEngine:
+    """The V-JEPA 2-AC world model plus a RecedingHorizonController per session."""
+
+    def __init__(self, world_model, source: str):
+        self.world_model = world_model
+        self.source = source
+        self.fingerprint = _weights_fingerprint(world_model)
+
+    def info(self) -> dict[str, Any]:
+        wm = self.world_model
+        return {"device": str(wm.device), "dtype": str(wm.dtype).removeprefix("torch."), "image_size": wm.image_size,
+                "tokens_per_frame": wm.tokens_per_frame, "embed_dim": wm.embed_dim, "fingerprint": self.fingerprint}
+
+    def encode(self, pixels: np.ndarray):
+        return self.world_model.encode(pixels)[0]  # (N, D) on the model device
+
+    def latent_to_array(self, latent) -> np.ndarray:
+        return latent.float().cpu().numpy()
+
+    def latent_from_array(self, array: np.ndarray):
+        import torch
+
+        expected = (self.world_model.tokens_per_frame, self.world_model.embed_dim)
+        if array.shape != expected:
+            raise ValueError(f"cached latent has shape {array.shape}, the model makes {expected}")
+        return torch.from_numpy(array).to(self.world_model.device)
+
+    def new_session_planner(self, goal_latents: list[Any], planner: dict[str, Any],
+                            schedule: dict[str, Any] | None = None) -> SessionPlanner:
+        from planner.config import PlannerConfig
+        from planner.controller import RecedingHorizonController, SubGoal
+
+        schedule = schedule or {}
+        last = len(goal_latents) - 1
+        goals = [SubGoal(latent,
+                         max_steps=schedule.get("subgoal_max_steps") if i < last else None,
+                         energy_threshold=schedule.get("subgoal_energy_threshold") if i < last else None)
+                 for i, latent in enumerate(goal_latents)]
+        return _ControllerPlanner(RecedingHorizonController(self.world_model, PlannerConfig(**planner), goals))
+
+
+class _ControllerPlanner:
+    def __init__(self, controller):
+        self.controller = controller
+
+    def step(self, observation_latent: Any, state: list[float]) -> PlanStep:
+        import torch
+
+        result = self.controller.step(observation_latent, torch.tensor(state, dtype=torch.float32))
+        return PlanStep(action=result.action.tolist(), target_pose=result.target_pose.tolist(), energy=result.energy,
+                        goal_index=result.goal_index, plan_ms=result.planning_seconds * 1000.0)
+
+
+def load_engine(settings) -> WorldModelEngine:
+    """Worker thread: load the configured world model (ServerSettings.model/device/dtype)."""
+    from world_model import load_world_model
+
+    return WorldModelEngine(load_world_model(settings.model, device=settings.device, dtype=settings.dtype),
+                            settings.model)
+
+
+def _weights_fingerprint(world_model) -> str:
+    """A cheap identity of the weights: architecture, dtype and the first values of every tensor.
+    Enough to tell checkpoints (and differently seeded random models) apart without hashing GBs."""
+    digest = hashlib.sha256(repr(world_model.config).encode() + str(world_model.dtype).encode())
+    for name, tensor in sorted(world_model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -59,7 +59,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
             raise InvalidInput(f"image is {width}x{height} pixels; at least {MIN_SIDE} per side", code="invalid_image")
         image_format = ACCEPTED_FORMATS[image.format]
         try:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            pixels = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy, as torch wants
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise InvalidInput(f"corrupt image data: {error}", code="invalid_image") from None
     return DecodedImage(pixels=pixels, image_format=image_format)

@@ -64,12 +64,23 @@ class SessionCreate(BaseModel):
                                        description="a sub-goal schedule, reached in order")
     planner: dict[str, Any] = Field(default_factory=dict,
                                     description="PlannerConfig overrides for this session (see GET /v1/model)")
+    subgoal_max_steps: int | None = Field(None, ge=1, le=100_000,
+                                          description="move to the next sub-goal after this many actions")
+    subgoal_energy_threshold: float | None = Field(None, ge=0.0, le=1e6, allow_inf_nan=False,
+                                                   description="move to the next sub-goal once the observed energy is below this")
 
     @model_validator(mode="after")
     def _one_goal_form(self) -> "SessionCreate":
         if (self.goal_id is None) == (self.goal_ids is None):
             raise ValueError("give exactly one of goal_id or goal_ids")
+        if len(self.schedule()) > 1 and self.subgoal_max_steps is None and self.subgoal_energy_threshold is None:
+            raise ValueError("a sub-goal schedule needs subgoal_max_steps and/or subgoal_energy_threshold "
+                             "to know when to move on")
         return self
+
+    def schedule_rule(self) -> dict[str, Any]:
+        rule = {"subgoal_max_steps": self.subgoal_max_steps, "subgoal_energy_threshold": self.subgoal_energy_threshold}
+        return {name: value for name, value in rule.items() if value is not None}
 
     def schedule(self) -> list[str]:
         return [self.goal_id] if self.goal_id is not None else list(self.goal_ids or [])
@@ -81,6 +92,8 @@ class Session(BaseModel):
     goal_ids: list[str]
     status: Literal["active", "stopped"]
     planner: dict[str, Any]
+    subgoal_max_steps: int | None
+    subgoal_energy_threshold: float | None
     created_at: datetime
     stopped_at: datetime | None
     steps: int
@@ -94,7 +107,9 @@ class Session(BaseModel):
     def from_record(cls, session: SessionRecord) -> "Session":
         return cls(
             id=session.id, robot_id=session.robot_id, goal_ids=session.goal_ids, status=session.status,
-            planner=session.planner, created_at=_utc(session.created_at), stopped_at=_utc(session.stopped_at),
+            planner=session.planner, subgoal_max_steps=session.schedule.get("subgoal_max_steps"),
+            subgoal_energy_threshold=session.schedule.get("subgoal_energy_threshold"),
+            created_at=_utc(session.created_at), stopped_at=_utc(session.stopped_at),
             steps=session.steps, goal_index=session.goal_index, last_seq=session.last_seq,
             last_energy=session.last_energy, last_action=session.last_action, last_plan_ms=session.last_plan_ms,
         )

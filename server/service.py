@@ -33,6 +33,7 @@ class PlanningService:
         self.metrics.worker_queue.set_function(lambda: self.worker.queued)
         self.metrics.model_ready.set_function(lambda: 1.0 if self.worker.ready else 0.0)
         self._stoppers: list[Callable[[], Any]] = []
+        self._closed = False
 
     def start(self) -> None:
         """Begin loading the model on the worker (readiness flips when it is done)."""
@@ -44,6 +45,10 @@ class PlanningService:
         self._stoppers.append(stopper)
 
     def close(self) -> None:
+        """Stop the bridge and other registered parts, the worker, then storage. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         for stopper in reversed(self._stoppers):
             try:
                 stopper()
@@ -60,7 +65,8 @@ class PlanningService:
         return await self.sessions.act(session_id, image.pixels, state, seq)
 
     def model_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"source": self.settings.model, "state": self.worker.state, "error": self.worker.error}
+        info: dict[str, Any] = {"source": self.settings.model, "state": self.worker.state, "error": self.worker.error,
+                                "planner_defaults": self.settings.planner}
         engine = self.worker.model
         if engine is not None:
             info.update(engine.info())

@@ -56,13 +56,15 @@ class SessionRegistry:
         self.metrics = metrics
         self.validate_planner = validate_planner
         self._lock = threading.Lock()  # guards _live and the one-active-session-per-robot rule
+        self.stop_listeners: list[Callable[[SessionRecord], None]] = []  # e.g. tell the arm over the bridge
         self._live: dict[str, _LiveSession] = {
             record.id: _LiveSession(record) for record in storage.list_sessions(status=ACTIVE, limit=1_000_000)
         }
         self._update_gauge()
 
     # operator side
-    def create(self, robot_id: str, goal_ids: list[str], planner_overrides: dict[str, Any]) -> SessionRecord:
+    def create(self, robot_id: str, goal_ids: list[str], planner_overrides: dict[str, Any],
+               schedule: dict[str, Any] | None = None) -> SessionRecord:
         for goal_id in goal_ids:
             self.goals.get(goal_id)
         planner = self.validate_planner(planner_overrides)
@@ -73,7 +75,7 @@ class SessionRegistry:
                                code="robot_busy")
             record = self.storage.add_session(SessionRecord(
                 id=new_id(), robot_id=robot_id, goal_ids=list(goal_ids), planner=planner,
-                status=ACTIVE, created_at=time.time(),
+                schedule=dict(schedule or {}), status=ACTIVE, created_at=time.time(),
             ))
             self._live[record.id] = _LiveSession(record)
         self._update_gauge()
@@ -96,15 +98,25 @@ class SessionRegistry:
     def stop(self, session_id: str) -> SessionRecord:
         self.get(session_id)
         with self._lock:
-            self._live.pop(session_id, None)
+            was_active = self._live.pop(session_id, None) is not None
         record = self.storage.stop_session(session_id)
         self._update_gauge()
         assert record is not None
+        for listener in self.stop_listeners if was_active else ():
+            try:
+                listener(record)
+            except Exception:
+                log.exception("stop listener failed for session %s", session_id)
         return record
 
     def steps(self, session_id: str, limit: int, offset: int) -> list[StepRecord]:
         self.get(session_id)
         return self.storage.list_steps(session_id, limit=limit, offset=offset)
+
+    def active_for_robot(self, robot_id: str) -> SessionRecord | None:
+        with self._lock:
+            live = self._active_for_robot(robot_id)
+        return None if live is None else live.record
 
     # robot side
     async def act(self, session_id: str, pixels: np.ndarray, state: list[float], seq: int | None) -> ActOutcome:
@@ -148,7 +160,7 @@ class SessionRegistry:
         try:
             if live.planner is None:
                 goal_latents = [self.goals.latent(engine, goal_id) for goal_id in live.record.goal_ids]
-                live.planner = engine.new_session_planner(goal_latents, live.record.planner)
+                live.planner = engine.new_session_planner(goal_latents, live.record.planner, live.record.schedule)
             plan: PlanStep = live.planner.step(engine.encode(pixels), state)
         except ServiceError:
             raise

@@ -48,10 +48,14 @@ class ServerSettings(BaseSettings):
 
     model: str = Field("demo", description="preset name (demo, tiny, small, vit_giant, ...) or a .pt/.safetensors checkpoint")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float64"] = Field(
+        "float32", description="bfloat16 keeps float32 weights and runs under autocast (CUDA)")
     host: str = Field("127.0.0.1", description="HTTP bind address; non-loopback needs an API key")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one)")
     bridge: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ bridge endpoint; empty disables the bridge")
+    bridge_secret_key: Path | None = Field(None, description="the service's CURVE .key_secret (needed off loopback)")
+    bridge_authorized_keys: Path | None = Field(None, description="folder of arm public .key files admitted")
+    bridge_plan_timeout_s: float = Field(60.0, gt=0, description="longest a bridge observation waits for its plan")
     data_dir: Path = Field(default_factory=default_data_dir, description="goals, latents and session history")
     api_key: SecretStr | None = Field(None, description="required in X-API-Key (or Authorization: Bearer) when set")
     max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest accepted request body")

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     robot_id TEXT NOT NULL,
     goal_ids TEXT NOT NULL,
     planner TEXT NOT NULL,
+    schedule TEXT NOT NULL,
     status TEXT NOT NULL,
     created_at REAL NOT NULL,
     stopped_at REAL,
@@ -89,6 +90,7 @@ class SessionRecord:
     planner: dict[str, Any]
     status: str
     created_at: float
+    schedule: dict[str, Any] = field(default_factory=dict)  # when to move to the next sub-goal
     stopped_at: float | None = None
     steps: int = 0
     goal_index: int = 0
@@ -231,9 +233,10 @@ class Storage:
     def add_session(self, session: SessionRecord) -> SessionRecord:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO sessions (id, robot_id, goal_ids, planner, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sessions (id, robot_id, goal_ids, planner, schedule, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (session.id, session.robot_id, json.dumps(session.goal_ids), json.dumps(session.planner),
-                 session.status, session.created_at),
+                 json.dumps(session.schedule), session.status, session.created_at),
             )
         return session
 
@@ -319,7 +322,7 @@ def _goal_from_row(row: sqlite3.Row) -> GoalRecord:
 def _session_from_row(row: sqlite3.Row) -> SessionRecord:
     return SessionRecord(
         id=row["id"], robot_id=row["robot_id"], goal_ids=json.loads(row["goal_ids"]),
-        planner=json.loads(row["planner"]), status=row["status"], created_at=row["created_at"],
+        planner=json.loads(row["planner"]), schedule=json.loads(row["schedule"]), status=row["status"], created_at=row["created_at"],
         stopped_at=row["stopped_at"], steps=row["steps"], goal_index=row["goal_index"], last_seq=row["last_seq"],
         last_energy=row["last_energy"],
         last_action=json.loads(row["last_action"]) if row["last_action"] else None,

@@ -15,7 +15,7 @@ router = APIRouter(prefix=f"{API_PREFIX}/sessions", tags=["sessions"], dependenc
 
 @router.post("", status_code=201, response_model=Session, responses=error_responses(401, 404, 409, 422))
 def create_session(body: SessionCreate, service: PlanningService = Depends(get_service)) -> Session:
-    record = service.sessions.create(body.robot_id, body.schedule(), body.planner)
+    record = service.sessions.create(body.robot_id, body.schedule(), body.planner, body.schedule_rule())
     return Session.from_record(record)
 
 
