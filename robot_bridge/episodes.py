@@ -33,6 +33,11 @@ IMAGE_PATH = "images/{image_key}/episode-{episode_index:06d}/frame-{frame_index:
 FRAME_CACHE = "cache/observation.image.npy"
 POSE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
 JOINT_NAMES = [f"joint{i}" for i in range(1, 8)]
+_BOOKKEEPING = ("index", "episode_index", "frame_index", "timestamp", "task_index")
+# Optional per-frame vectors a recorder may add (name -> element names).
+JOINTS = "observation.joints"
+COMMANDED_ACTION = "action.commanded"       # what was asked, for comparison with the achieved `action`
+ENVIRONMENT_STATE = "observation.environment_state"  # LeRobot's name for non-robot state (the cube)
 
 
 def _vector_feature(names: list[str]) -> dict:
@@ -48,8 +53,7 @@ class _Episode:
     task: str
     states: list[np.ndarray] = field(default_factory=list)
     timestamps: list[float] = field(default_factory=list)
-    joints: list[np.ndarray] = field(default_factory=list)
-    commanded: list[np.ndarray] = field(default_factory=list)
+    extras: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
 class EpisodeWriter:
@@ -61,6 +65,7 @@ class EpisodeWriter:
         with EpisodeWriter(out, fps=4, image_shape=(64, 64, 3)) as writer:
             writer.start_episode("push the cube")
             writer.add_frame(image, state)           # timestamp defaults to frame_index / fps
+                                                     # extras={JOINTS: q} for optional vectors
             writer.end_episode()
         # leaving the block finalizes; an exception discards the staging folder
     """
@@ -71,8 +76,7 @@ class EpisodeWriter:
         fps: float,
         image_shape: tuple[int, int, int],
         robot_type: str = "sim_franka_style",
-        with_joints: bool = False,
-        with_commanded_actions: bool = False,
+        optional_features: dict[str, list[str]] | None = None,
         extra_info: dict | None = None,
     ):
         self.root = Path(root)
@@ -85,8 +89,10 @@ class EpisodeWriter:
         self.fps = float(fps)
         self.image_shape = tuple(int(v) for v in image_shape)
         self.robot_type = robot_type
-        self.with_joints = with_joints
-        self.with_commanded_actions = with_commanded_actions
+        self.optional_features = {name: list(names) for name, names in (optional_features or {}).items()}
+        for name in self.optional_features:
+            if name in ("observation.state", "action", IMAGE_KEY) or name in _BOOKKEEPING:
+                raise ValueError(f"{name!r} is a built-in column, not an optional feature")
         self.extra_info = dict(extra_info or {})
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self._staging = self.root.parent / f".{self.root.name}.partial-{os.getpid()}"
@@ -107,7 +113,7 @@ class EpisodeWriter:
     def start_episode(self, task: str = "") -> int:
         if self._current is not None:
             raise RuntimeError("end_episode() the current episode before starting another")
-        self._current = _Episode(task=task)
+        self._current = _Episode(task=task, extras={name: [] for name in self.optional_features})
         return self.num_episodes
 
     def add_frame(
@@ -115,8 +121,7 @@ class EpisodeWriter:
         image: np.ndarray,
         state: np.ndarray,
         timestamp: float | None = None,
-        joints: np.ndarray | None = None,
-        commanded_action: np.ndarray | None = None,
+        extras: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Append one frame; checks everything before writing anything."""
         episode = self._require_episode()
@@ -128,23 +133,17 @@ class EpisodeWriter:
         timestamp = frame_index / self.fps if timestamp is None else float(timestamp)
         if not np.isfinite(timestamp) or (episode.timestamps and timestamp <= episode.timestamps[-1]):
             raise ValueError(f"timestamps must be finite and increasing, got {timestamp} after {episode.timestamps[-1:]}")
-        if self.with_joints:
-            if joints is None:
-                raise ValueError("this dataset records joints; pass joints=")
-            joints = _finite_vector(joints, "joints", len(JOINT_NAMES))
-        if self.with_commanded_actions:
-            if commanded_action is None:
-                raise ValueError("this dataset records commanded actions; pass commanded_action= (zeros if none)")
-            commanded_action = _finite_vector(commanded_action, "commanded_action")
+        extras = dict(extras or {})
+        if set(extras) != set(self.optional_features):
+            raise ValueError(f"extras must be exactly {sorted(self.optional_features)}, got {sorted(extras)}")
+        extras = {name: _finite_vector(extras[name], name, len(names)) for name, names in self.optional_features.items()}
         path = self._staging / IMAGE_PATH.format(image_key=IMAGE_KEY, episode_index=self.num_episodes, frame_index=frame_index)
         path.parent.mkdir(parents=True, exist_ok=True)
         # PNG is lossless: training sees exactly the pixels the camera produced.
         if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
             raise OSError(f"could not write {path}")
-        if self.with_joints:
-            episode.joints.append(joints)
-        if self.with_commanded_actions:
-            episode.commanded.append(commanded_action)
+        for name, vector in extras.items():
+            episode.extras[name].append(vector)
         episode.states.append(state)
         episode.timestamps.append(timestamp)
 
@@ -167,10 +166,8 @@ class EpisodeWriter:
         columns["task_index"].extend([task_index] * length)
         columns["observation.state"].extend(states.astype(np.float32))
         columns["action"].extend(actions.astype(np.float32))
-        if self.with_joints:
-            columns["observation.joints"].extend(np.stack(episode.joints).astype(np.float32))
-        if self.with_commanded_actions:
-            columns["action.commanded"].extend(np.stack(episode.commanded).astype(np.float32))
+        for name, vectors in episode.extras.items():
+            columns[name].extend(np.stack(vectors).astype(np.float32))
         self._episode_rows.append(
             {
                 "episode_index": index,
@@ -234,17 +231,12 @@ class EpisodeWriter:
         return self._current
 
     def _column_names(self) -> list[str]:
-        names = ["index", "episode_index", "frame_index", "timestamp", "task_index", "observation.state", "action"]
-        if self.with_joints:
-            names.append("observation.joints")
-        if self.with_commanded_actions:
-            names.append("action.commanded")
-        return names
+        return [*_BOOKKEEPING, "observation.state", "action", *self.optional_features]
 
     def _data_table(self) -> pa.Table:
         arrays = {}
         for name, values in self._columns.items():
-            if name in ("observation.state", "action", "observation.joints", "action.commanded"):
+            if name not in _BOOKKEEPING:
                 stacked = np.stack(values)
                 flat = pa.array(stacked.reshape(-1), type=pa.float32())
                 arrays[name] = pa.FixedSizeListArray.from_arrays(flat, stacked.shape[1])
@@ -266,10 +258,8 @@ class EpisodeWriter:
             "observation.state": _vector_feature(POSE_NAMES),
             "action": _vector_feature(POSE_NAMES),
         }
-        if self.with_joints:
-            features["observation.joints"] = _vector_feature(JOINT_NAMES)
-        if self.with_commanded_actions:
-            features["action.commanded"] = _vector_feature(POSE_NAMES)
+        for name, names in self.optional_features.items():
+            features[name] = _vector_feature(names)
         features.update(
             timestamp=_scalar_feature("float32"),
             frame_index=_scalar_feature("int64"),
@@ -376,10 +366,10 @@ class EpisodeReader:
         return self._column("timestamp", episode).astype(np.float64)
 
     def joints(self, episode: int) -> np.ndarray | None:
-        return self._column("observation.joints", episode) if "observation.joints" in self._columns else None
+        return self._column(JOINTS, episode) if JOINTS in self._columns else None
 
     def column(self, name: str, episode: int) -> np.ndarray:
-        """Any per-frame column, e.g. "action.commanded"."""
+        """Any per-frame column, e.g. `COMMANDED_ACTION` or `ENVIRONMENT_STATE`."""
         if name not in self._columns:
             raise KeyError(f"no column {name!r}; have {sorted(self._columns)}")
         return self._column(name, episode)

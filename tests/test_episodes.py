@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from robot_bridge.episodes import EpisodeReader, EpisodeWriter
+from robot_bridge.episodes import COMMANDED_ACTION, JOINT_NAMES, JOINTS, POSE_NAMES, EpisodeReader, EpisodeWriter
 from robot_bridge.poses import compose_pose, pose_difference
 
 SHAPE = (24, 32, 3)
@@ -29,10 +29,8 @@ def write_dataset(root, lengths, seed=0, **options):
             images, states = random_episode(rng, length)
             writer.start_episode(task=f"task {number % 2}")
             for image, state in zip(images, states):
-                extras = {}
-                if options.get("with_joints"):
-                    extras["joints"] = state  # any 7 numbers
-                writer.add_frame(image, state, **extras)
+                extras = {JOINTS: state} if options.get("optional_features") else None  # any 7 numbers
+                writer.add_frame(image, state, extras=extras)
             writer.end_episode()
             recorded.append((images, states))
     return recorded
@@ -53,7 +51,7 @@ def test_round_trip_is_lossless_and_actions_are_pose_differences(tmp_path):
 
 
 def test_metadata_follows_lerobot_v3(tmp_path):
-    write_dataset(tmp_path / "ds", [4, 2], with_joints=True)
+    write_dataset(tmp_path / "ds", [4, 2], optional_features={JOINTS: JOINT_NAMES})
     root = tmp_path / "ds"
     info = json.loads((root / "meta" / "info.json").read_text())
     assert info["codebase_version"] == "v3.0"
@@ -113,22 +111,24 @@ def test_nothing_appears_until_finalize_and_failures_leave_no_trace(tmp_path):
 
 def test_bad_frames_are_refused_without_corrupting_the_episode(tmp_path):
     good_image, good_state = np.zeros(SHAPE, np.uint8), np.zeros(7)
-    with EpisodeWriter(tmp_path / "ds", fps=4, image_shape=SHAPE, with_joints=True) as writer:
+    with EpisodeWriter(tmp_path / "ds", fps=4, image_shape=SHAPE, optional_features={JOINTS: JOINT_NAMES}) as writer:
         writer.start_episode()
-        writer.add_frame(good_image, good_state, timestamp=1.0, joints=np.zeros(7))
+        joints = {JOINTS: np.zeros(7)}
+        writer.add_frame(good_image, good_state, timestamp=1.0, extras=joints)
         bad_calls = [
-            dict(image=np.zeros((10, 10, 3), np.uint8), state=good_state),
-            dict(image=good_image.astype(np.float32), state=good_state),
-            dict(image=good_image, state=np.full(7, np.nan)),
-            dict(image=good_image, state=np.zeros(6)),
-            dict(image=good_image, state=good_state, timestamp=0.5),  # goes back in time
+            dict(image=np.zeros((10, 10, 3), np.uint8), state=good_state, extras=joints),
+            dict(image=good_image.astype(np.float32), state=good_state, extras=joints),
+            dict(image=good_image, state=np.full(7, np.nan), extras=joints),
+            dict(image=good_image, state=np.zeros(6), extras=joints),
+            dict(image=good_image, state=good_state, timestamp=0.5, extras=joints),  # goes back in time
             dict(image=good_image, state=good_state, timestamp=2.0),  # joints missing
-            dict(image=good_image, state=good_state, timestamp=2.0, joints=np.array([np.inf] * 7)),
+            dict(image=good_image, state=good_state, timestamp=2.0, extras={JOINTS: np.array([np.inf] * 7)}),
+            dict(image=good_image, state=good_state, timestamp=2.0, extras={**joints, "surprise": np.zeros(7)}),
         ]
         for call in bad_calls:
             with pytest.raises(ValueError):
                 writer.add_frame(**call)
-        writer.add_frame(good_image, good_state + 0.1, timestamp=2.0, joints=np.zeros(7))
+        writer.add_frame(good_image, good_state + 0.1, timestamp=2.0, extras=joints)
         writer.end_episode()
     reader = EpisodeReader(tmp_path / "ds")
     assert reader.length(0) == 2
@@ -152,11 +152,13 @@ def test_sim_episode_actions_are_the_achieved_motion(tmp_path):
 
     arm = SimArm(SimConfig(image_height=24, image_width=32), seed=2)
     commanded = np.array([0.06, -0.04, -0.05, 0.0, 0.0, 0.0, 0.5])
-    with EpisodeWriter(tmp_path / "sim", fps=arm.control_hz, image_shape=SHAPE, with_commanded_actions=True) as writer:
+    features = {COMMANDED_ACTION: POSE_NAMES}
+    with EpisodeWriter(tmp_path / "sim", fps=arm.control_hz, image_shape=SHAPE, optional_features=features) as writer:
         writer.start_episode("move")
         for step in range(4):
             observation = arm.observe()
-            writer.add_frame(observation.image, observation.state, commanded_action=commanded if step < 3 else np.zeros(7))
+            asked = commanded if step < 3 else np.zeros(7)
+            writer.add_frame(observation.image, observation.state, extras={COMMANDED_ACTION: asked})
             if step < 3:
                 arm.apply_delta(commanded)
         writer.end_episode()
@@ -165,5 +167,5 @@ def test_sim_episode_actions_are_the_achieved_motion(tmp_path):
     states, actions = reader.states(0).astype(np.float64), reader.actions(0).astype(np.float64)
     np.testing.assert_allclose(compose_pose(states[:-1], actions)[:, :3], states[1:, :3], atol=1e-5)
     # The label is what happened, not what was asked: it differs from the command by the tracking error.
-    assert not np.allclose(actions, reader.column("action.commanded", 0)[:-1], atol=1e-6)
+    assert not np.allclose(actions, reader.column(COMMANDED_ACTION, 0)[:-1], atol=1e-6)
     np.testing.assert_allclose(actions[:, :3], np.tile(commanded[:3], (3, 1)), atol=0.01)

@@ -155,7 +155,9 @@ class SimArm(Arm):
         """Achieved 7-D end-effector state [x, y, z, roll, pitch, yaw, gripper]."""
         rotation = self.data.site_xmat[self._tcp].reshape(3, 3)
         opening = self.data.qpos[self._finger_qpos].sum() / (2 * FINGER_TRAVEL)
-        return np.concatenate([self.data.site_xpos[self._tcp], matrix_to_euler(rotation), [1.0 - opening]])
+        # Soft joint limits let closed fingers sink a hair past zero; report within [0, 1].
+        gripper = float(np.clip(1.0 - opening, 0.0, 1.0))
+        return np.concatenate([self.data.site_xpos[self._tcp], matrix_to_euler(rotation), [gripper]])
 
     def joints(self) -> np.ndarray:
         return self.data.qpos[self._arm_qpos].copy()

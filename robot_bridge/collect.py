@@ -1,0 +1,219 @@
+"""`jepa-planner collect`: record exploratory sim-arm episodes for world-model training.
+
+Each episode starts from a seeded reset (cube at a random spot, arm at home or at a random
+start) and runs `--steps` Cartesian-delta commands. Two kinds of episodes:
+  * explore: segments of straight moves towards random waypoints in the workspace and of
+    random-walk steps, step sizes varied per episode up to `--max-step`, gripper toggled at random;
+  * push: approach behind the cube, go down to table height with the gripper closed and push
+    it 5-15 cm in a random direction, then explore.
+Episode i depends only on (seed, i), so datasets are reproducible and can be split freely.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from robot_bridge.episodes import (
+    COMMANDED_ACTION,
+    ENVIRONMENT_STATE,
+    JOINT_NAMES,
+    JOINTS,
+    POSE_NAMES,
+    EpisodeWriter,
+)
+from robot_bridge.poses import pose_difference
+from robot_bridge.sim import HOME_STATE, Box, SimArm, SimConfig
+
+CUBE_FEATURE = ["cube_x", "cube_y", "cube_z"]
+PUSH_HEIGHT = 0.03          # TCP height while pushing: fingertips ~2 cm above the table, mid-cube
+APPROACH_HEIGHT = 0.12
+BEHIND_CUBE = 0.09          # start a push this far behind the cube centre
+
+
+@dataclass(frozen=True)
+class ExplorationConfig:
+    max_step_m: float = 0.075
+    push_fraction: float = 0.3
+    random_start_fraction: float = 0.5
+    gripper_toggle_probability: float = 0.15
+    workspace: Box = field(default_factory=lambda: Box((0.3, -0.25, 0.02), (0.65, 0.25, 0.35)))
+
+    def __post_init__(self):
+        if not 0 < self.max_step_m <= 0.2:
+            raise ValueError(f"max step must be in (0, 0.2] m, got {self.max_step_m}")
+        for name in ("push_fraction", "random_start_fraction", "gripper_toggle_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+class ExplorationPolicy:
+    """Chooses the next absolute target for one episode; all randomness comes from `rng`."""
+
+    def __init__(self, rng: np.random.Generator, config: ExplorationConfig, cube_position: np.ndarray):
+        self._rng = rng
+        self._config = config
+        # Per-episode step size, so the data covers small corrections as well as big moves.
+        self._step = config.max_step_m * rng.uniform(0.25, 1.0)
+        self._gripper = 0.0
+        self._waypoints: list[tuple[np.ndarray, float]] = []
+        self.pushing = rng.random() < config.push_fraction
+        if self.pushing:
+            self._step = max(self._step, 0.04)  # finish the approach within the episode
+            self._plan_push(cube_position)
+        self._segment_left = 0
+        self._random_walk = False
+
+    def next_target(self, state: np.ndarray) -> np.ndarray:
+        position = state[:3]
+        if self._waypoints:
+            waypoint, gripper = self._waypoints[0]
+            if np.linalg.norm(waypoint - position) < 0.01:
+                self._waypoints.pop(0)
+                return self.next_target(state)
+            delta = _limit_norm(waypoint - position, self._step)
+            self._gripper = gripper
+        else:
+            delta = self._explore_delta(position)
+            self._update_gripper()
+        delta = np.clip(delta, -self._config.max_step_m, self._config.max_step_m)
+        target = HOME_STATE.copy()
+        target[:3] = self._config.workspace.clip(position + delta)
+        target[6] = self._gripper
+        return target
+
+    def _plan_push(self, cube: np.ndarray) -> None:
+        angle = self._rng.uniform(-np.pi, np.pi)
+        direction = np.array([np.cos(angle), np.sin(angle), 0.0])
+        start = cube - BEHIND_CUBE * direction
+        end = cube + self._rng.uniform(0.05, 0.15) * direction
+        above = start.copy()
+        above[2] = APPROACH_HEIGHT
+        start[2] = end[2] = PUSH_HEIGHT
+        clip = self._config.workspace.clip
+        self._waypoints = [(clip(above), 1.0), (clip(start), 1.0), (clip(end), 1.0)]
+
+    def _explore_delta(self, position: np.ndarray) -> np.ndarray:
+        if self._segment_left == 0:
+            self._segment_left = int(self._rng.integers(3, 11))
+            self._random_walk = self._rng.random() < 0.5
+            self._goal = self._config.workspace.sample(self._rng)
+        self._segment_left -= 1
+        if self._random_walk:
+            return self._rng.normal(0.0, self._step / 2, size=3)
+        if np.linalg.norm(self._goal - position) < 0.01:
+            self._goal = self._config.workspace.sample(self._rng)
+        return _limit_norm(self._goal - position, self._step) + self._rng.normal(0.0, 0.005, size=3)
+
+    def _update_gripper(self) -> None:
+        draw = self._rng.random()
+        if draw < self._config.gripper_toggle_probability:
+            self._gripper = 1.0 - round(self._gripper)
+        elif draw < self._config.gripper_toggle_probability + 0.03:
+            self._gripper = float(self._rng.uniform(0, 1))
+
+
+def _limit_norm(vector: np.ndarray, limit: float) -> np.ndarray:
+    norm = np.linalg.norm(vector)
+    return vector if norm <= limit else vector * (limit / norm)
+
+
+def record_episode(arm: SimArm, writer: EpisodeWriter, rng: np.random.Generator, steps: int, config: ExplorationConfig) -> bool:
+    """Record steps + 1 frames of one episode; returns whether it was a push episode."""
+    arm.reset(seed=int(rng.integers(2**31)), randomize_arm=rng.random() < config.random_start_fraction)
+    policy = ExplorationPolicy(rng, config, arm.cube_position)
+    writer.start_episode("push the cube" if policy.pushing else "explore")
+    for step in range(steps + 1):
+        observation = arm.observe()
+        state = observation.state
+        target = policy.next_target(state) if step < steps else state
+        commanded = pose_difference(state, target)
+        writer.add_frame(
+            observation.image,
+            state,
+            timestamp=step / arm.control_hz,
+            extras={JOINTS: observation.joints, COMMANDED_ACTION: commanded, ENVIRONMENT_STATE: arm.cube_position},
+        )
+        if step < steps:
+            arm.move_to(target)
+    writer.end_episode()
+    return policy.pushing
+
+
+def collect(
+    out: Path,
+    episodes: int,
+    steps: int,
+    image_size: int,
+    seed: int,
+    config: ExplorationConfig = ExplorationConfig(),
+    control_hz: float = 4.0,
+    progress: bool = True,
+) -> dict:
+    """Record a dataset at `out`; returns a summary (episodes, frames, seconds, push episodes)."""
+    sim_config = SimConfig(image_height=image_size, image_width=image_size, control_hz=control_hz)
+    arm = SimArm(sim_config, seed=seed)
+    provenance = {
+        "collection": {
+            "command": "jepa-planner collect",
+            "episodes": episodes,
+            "steps": steps,
+            "image_size": image_size,
+            "seed": seed,
+            "control_hz": control_hz,
+            "exploration": asdict(config),
+        }
+    }
+    started = time.perf_counter()
+    pushes = 0
+    try:
+        with EpisodeWriter(
+            out,
+            fps=control_hz,
+            image_shape=(image_size, image_size, 3),
+            optional_features={JOINTS: JOINT_NAMES, COMMANDED_ACTION: POSE_NAMES, ENVIRONMENT_STATE: CUBE_FEATURE},
+            extra_info=provenance,
+        ) as writer:
+            for episode in tqdm(range(episodes), desc="collect", unit="ep", disable=not progress):
+                rng = np.random.default_rng([seed, episode])
+                pushes += record_episode(arm, writer, rng, steps, config)
+    finally:
+        arm.close()
+    seconds = time.perf_counter() - started
+    return {"episodes": episodes, "frames": episodes * (steps + 1), "seconds": seconds, "push_episodes": pushes}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="new dataset folder (must not exist or be empty)")
+    parser.add_argument("--episodes", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=30, help="actions per episode (frames = steps + 1)")
+    parser.add_argument("--image-size", type=int, default=64, help="square camera resolution in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--control-hz", type=float, default=4.0, help="frames per second (DROID-like ~4)")
+    parser.add_argument("--max-step", type=float, default=0.075, help="largest translation per step (m)")
+    parser.add_argument("--push-fraction", type=float, default=0.3, help="share of episodes that push the cube")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.episodes < 1 or args.steps < 1 or not 8 <= args.image_size <= 1024:
+        print("collect: need --episodes >= 1, --steps >= 1 and 8 <= --image-size <= 1024", file=sys.stderr)
+        return 2
+    try:
+        config = ExplorationConfig(max_step_m=args.max_step, push_fraction=args.push_fraction)
+        summary = collect(
+            args.out, args.episodes, args.steps, args.image_size, args.seed, config, args.control_hz, not args.no_progress
+        )
+    except (FileExistsError, ValueError) as error:
+        print(f"collect: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {summary['episodes']} episodes ({summary['frames']} frames, {summary['push_episodes']} pushing) "
+        f"to {args.out} in {summary['seconds']:.1f} s: {summary['episodes'] / summary['seconds']:.2f} episodes/s"
+    )
+    return 0
