@@ -59,3 +59,19 @@ def test_batched_shapes():
     starts = np.zeros((4, 5, 7))
     assert pose_difference(starts, starts).shape == (4, 5, 7)
     assert compose_pose(starts, starts).shape == (4, 5, 7)
+
+
+def test_matches_the_official_helpers_on_the_reference_fixture(reference_folder):
+    import torch
+
+    helpers = torch.load(sorted(reference_folder.glob("fixture_*_data.pt"))[0], weights_only=True)["helpers"]
+    diff = helpers["poses_to_diff"]
+    np.testing.assert_allclose(
+        pose_difference(diff["start"].double().numpy(), diff["end"].double().numpy()), diff["out"].numpy(), atol=1e-6
+    )
+    new_pose = helpers["compute_new_pose"]
+    ours = compose_pose(new_pose["pose"].double().numpy(), new_pose["action"].double().numpy())
+    np.testing.assert_allclose(ours, new_pose["out"].double().numpy(), atol=1e-5)
+    droid = helpers["droid_poses_to_diffs"]
+    poses = droid["poses"].numpy()
+    np.testing.assert_allclose(pose_difference(poses[:-1], poses[1:]), droid["out"].numpy(), atol=1e-9)
