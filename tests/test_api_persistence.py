@@ -1,0 +1,49 @@
+"""Goals, sessions and history survive a restart of the service on the same data directory."""
+from __future__ import annotations
+
+import httpx
+
+from server.local_server import LocalServer
+from server.serve_command import build_service
+from server.settings import ServerSettings
+from test_api import FAST_PLANNER, act, png_bytes
+
+
+def start(data_dir) -> LocalServer:
+    settings = ServerSettings(model="tiny", device="cpu", bridge="", planner=FAST_PLANNER, data_dir=data_dir)
+    return LocalServer(build_service(settings))
+
+
+def test_restart_keeps_goals_sessions_history_and_cached_latents(tmp_path):
+    with start(tmp_path) as first:
+        first.wait_ready()
+        with httpx.Client(base_url=first.url, timeout=60) as client:
+            goal = client.post("/v1/goals", files={"image": ("g.png", png_bytes(1), "image/png")},
+                               data={"name": "kept"}).json()
+            active = client.post("/v1/sessions", json={"robot_id": "arm-a", "goal_id": goal["id"]}).json()
+            stopped = client.post("/v1/sessions", json={"robot_id": "arm-b", "goal_id": goal["id"]}).json()
+            first_actions = [act(client, active["id"], seq=seq).json() for seq in (1, 2)]
+            client.post(f"/v1/sessions/{stopped['id']}/stop")
+            status_before = client.get(f"/v1/sessions/{active['id']}").json()
+    latents = list((tmp_path / "latents").glob(f"{goal['id']}.*.npy"))
+    assert len(latents) == 1
+    latent_written = latents[0].stat().st_mtime_ns
+
+    with start(tmp_path) as second:
+        second.wait_ready()
+        with httpx.Client(base_url=second.url, timeout=60) as client:
+            assert client.get(f"/v1/goals/{goal['id']}").json() == goal
+            assert client.get(goal["image_url"]).content == png_bytes(1)
+            assert client.get(f"/v1/sessions/{active['id']}").json() == status_before
+            assert client.get(f"/v1/sessions/{stopped['id']}").json()["status"] == "stopped"
+            history = client.get(f"/v1/sessions/{active['id']}/steps").json()["items"]
+            assert [(s["seq"], s["action"], s["energy"]) for s in history] == [
+                (a["seq"], a["action"], a["energy"]) for a in first_actions]
+            # The session resumes where it was: old sequence numbers stay stale, new ones plan.
+            assert act(client, active["id"], seq=2).status_code == 409
+            resumed = act(client, active["id"], seq=3)
+            assert resumed.status_code == 200 and resumed.json()["step"] == 3
+            # one active session per robot still holds after the restart
+            assert client.post("/v1/sessions", json={"robot_id": "arm-a", "goal_id": goal["id"]}).status_code == 409
+    # The goal latent was read from the cache, not encoded again.
+    assert latents[0].stat().st_mtime_ns == latent_written
