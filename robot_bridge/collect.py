@@ -5,7 +5,8 @@ start) and runs `--steps` Cartesian-delta commands. Two kinds of episodes:
   * explore: segments of straight moves towards random waypoints in the workspace and of
     random-walk steps, step sizes varied per episode up to `--max-step`, gripper toggled at random;
   * push: approach behind the cube, go down to table height with the gripper closed and push
-    it 5-15 cm in a random direction, then explore.
+    along a random direction until the tool centre is 5-15 cm past the cube's start (the cube
+    moves roughly 10-20 cm), then explore.
 Episode i depends only on (seed, i), so datasets are reproducible and can be split freely.
 """
 from __future__ import annotations
@@ -68,6 +69,7 @@ class ExplorationPolicy:
             self._plan_push(cube_position)
         self._segment_left = 0
         self._random_walk = False
+        self._goal: np.ndarray | None = None  # the current waypoint of an explore segment
 
     def next_target(self, state: np.ndarray) -> np.ndarray:
         position = state[:3]

@@ -69,8 +69,12 @@ def test_push_episodes_move_the_cube(tmp_path):
         assert np.linalg.norm(cube[-1, :2] - cube[0, :2]) > 0.03
 
 
-def test_bad_arguments_are_usage_errors(dataset, capsys):
+def test_bad_arguments_are_usage_errors(dataset, tmp_path, capsys):
+    before = EpisodeReader(dataset).total_frames
     assert cli.main(["collect", "--out", str(dataset), "--episodes", "1", "--no-progress"]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert cli.main(["collect", "--out", "/tmp/unused-collect", "--episodes", "0"]) == 2
-    assert cli.main(["collect", "--out", "/tmp/unused-collect", "--max-step", "-1", "--no-progress"]) == 2
+    assert EpisodeReader(dataset).total_frames == before  # the existing dataset is untouched
+    unused = str(tmp_path / "unused")
+    assert cli.main(["collect", "--out", unused, "--episodes", "0"]) == 2
+    assert cli.main(["collect", "--out", unused, "--max-step", "-1", "--no-progress"]) == 2
+    assert not (tmp_path / "unused").exists()
