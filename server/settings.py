@@ -125,5 +125,5 @@ def load_settings(**overrides: Any) -> ServerSettings:
         return ServerSettings(**given)
     except SettingsError:
         raise
-    except ValueError as error:  # pydantic.ValidationError, TOML/YAML/JSON parse errors
+    except Exception as error:  # pydantic.ValidationError and each file format's own parse error
         raise SettingsError(f"invalid settings: {error}") from error
