@@ -122,6 +122,12 @@ class SimArm(Arm):
     def close(self) -> None:
         self._renderer.close()
 
+    def __enter__(self) -> SimArm:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     # ---- simulation control --------------------------------------------------------------
     def reset(self, seed: int | None = None, randomize_arm: bool = False) -> Observation:
         """Home (or random start) pose, fingers open, cube at a random spot; deterministic in `seed`."""
