@@ -181,7 +181,7 @@ def test_renders_with_each_headless_backend(backend):
         "    print(float(arm.render().std()))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], env={**os.environ, "MUJOCO_GL": backend}, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], env={**os.environ, "MUJOCO_GL": backend, "PYOPENGL_PLATFORM": backend}, capture_output=True, text=True, timeout=120
     )
     if result.returncode != 0 and ("libOSMesa" in result.stderr or "libEGL" in result.stderr):
         pytest.skip(f"{backend} libraries not installed: {result.stderr.strip().splitlines()[-1]}")
