@@ -55,6 +55,28 @@ def as_state(state: torch.Tensor) -> torch.Tensor:
     return state
 
 
+def auto_max_batch(model: Rollout, horizon: int, device: torch.device, memory_fraction: float = 0.5) -> int | None:
+    """Largest sample chunk whose rollout fits in ``memory_fraction`` of the free CUDA memory.
+
+    None (no chunking) off CUDA or for models that do not describe their predictor. Per sample a
+    cached rollout holds the K/V of every layer for all H frames, the widest activation of one
+    step, and the imagined frames; the estimate doubles that for allocator slack.
+    """
+    predictor = getattr(getattr(model, "predictor", None), "config", None)
+    if device.type != "cuda" or predictor is None:
+        return None
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    tokens = predictor.tokens_per_frame + 2
+    width = predictor.predictor_embed_dim
+    elements = (
+        predictor.depth * 2 * horizon * tokens * width
+        + 4 * tokens * max(predictor.mlp_hidden, 3 * width)
+        + 2 * horizon * predictor.tokens_per_frame * predictor.embed_dim
+    )
+    per_sample = 2 * 4 * elements
+    return max(1, int(memory_fraction * free_bytes // per_sample))
+
+
 class GoalObjective:
     """Energy of imagined futures from (context latent, current pose) against a goal latent."""
 
@@ -79,7 +101,7 @@ class GoalObjective:
         self.energy = energy or Energy()
         if max_batch is not None and max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.max_batch = max_batch
+        self.max_batch = max_batch  # None: decided on the first evaluate from free device memory
         self.autocast_bf16 = autocast_bf16
         self.cached = cached
 
@@ -95,6 +117,9 @@ class GoalObjective:
     @torch.inference_mode()
     def evaluate(self, actions: torch.Tensor) -> torch.Tensor:
         actions = actions.to(self.device, torch.float32)
-        chunk = self.max_batch or actions.shape[0]
+        if self.max_batch is None:
+            # Once per objective (one control step): the memory query stays out of the iterations.
+            self.max_batch = auto_max_batch(self.model, actions.shape[1], self.device) or actions.shape[0]
+        chunk = self.max_batch
         energies = [self.energy(self.imagine(part), self.goal) for part in actions.split(chunk)]
         return energies[0] if len(energies) == 1 else torch.cat(energies)

@@ -142,3 +142,22 @@ def test_empty_or_bad_goal_schedule_is_rejected():
         RecedingHorizonController(world, PlannerConfig(**FAST), [])
     with pytest.raises(ValueError, match="max_steps"):
         SubGoal(torch.zeros(27, 4), max_steps=0)
+
+
+def test_controller_plans_on_the_real_world_model_from_images(reference_folder):
+    """Across the real boundary: encoded camera images in, a bounded action out, warm start kept."""
+    from world_model import load_world_model
+
+    data = torch.load(reference_folder / "fixture_tiny_data.pt", map_location="cpu", weights_only=True)
+    model = load_world_model(reference_folder / "fixture_tiny_checkpoint.pt", device="cpu")
+    frames = data["preprocessing"]["franka_uint8_THWC"].numpy()
+    latents = model.encode(list(frames))
+    state = data["world_model"]["franka_states"][0]
+    config = PlannerConfig(horizon=2, samples=24, topk=4, iterations=2, max_batch=10)
+    controller = RecedingHorizonController(model, config, latents[1])
+    first = controller.step(latents[0], state)
+    second = controller.step(latents[0], state)
+    for step in (first, second):
+        assert step.action[:3].abs().max() <= config.maxnorm
+        assert torch.isfinite(step.target_pose).all() and math.isfinite(step.energy)
+    assert controller.warm_start is not None and controller.warm_start.mean.shape == (2, 4)
