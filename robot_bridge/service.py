@@ -224,8 +224,12 @@ class BridgeService:
     def _post(self, routing_id: bytes, payload: bytes) -> None:
         """Queue a frame for the I/O thread to send (thread-safe: the lock serialises the PUSH socket)."""
         with self._outbox_lock:
-            if not self._outbox_push.closed:
-                self._outbox_push.send_multipart([routing_id, payload])
+            if self._outbox_push.closed:
+                return
+            try:
+                self._outbox_push.send_multipart([routing_id, payload], zmq.NOBLOCK)
+            except zmq.Again:  # the I/O thread has gone (closing): nobody left to deliver it
+                self._count("replies_undeliverable")
 
     # -- I/O thread -------------------------------------------------------------------------
 

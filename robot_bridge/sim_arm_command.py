@@ -1,0 +1,92 @@
+"""`jepa-planner sim-arm`: the simulated arm, connected to a service exactly as a real arm would be.
+
+The SimArm goes through the same `ArmClient` (safety limits, hold on silence, stop) as a lab's
+real arm; `--record DIR` attaches an episode recorder as a subscriber.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from .arm import SafetyLimits
+from .client import ArmClient
+from .security import ClientKeys, InsecureEndpoint
+from .service import DEFAULT_ENDPOINT
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="bridge service endpoint (default %(default)s)")
+    parser.add_argument("--robot-id", default="sim0", help="robot id announced to the service (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=256, help="camera height and width in pixels (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed: cube position (default %(default)s)")
+    parser.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: the sim's own, 4 Hz)")
+    parser.add_argument("--steps", type=int, default=None, help="stop after this many control periods")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--action-timeout", type=float, default=0.5, help="hold when no fresh action for this long (s)")
+    parser.add_argument("--image-format", choices=("jpeg", "raw"), default="jpeg")
+    parser.add_argument("--workspace", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
+                        help="safety box for the end effector in metres (default: SafetyLimits defaults)")
+    parser.add_argument("--max-step", type=float, default=None, help="max translation per control period in metres")
+    parser.add_argument("--server-key", type=Path, help="the service's public key file (NAME.key) to pin (CURVE)")
+    parser.add_argument("--client-key", type=Path, help="this arm's key pair file (NAME.key_secret) (CURVE)")
+    parser.add_argument("--record", type=Path, help="record the episode into this folder")
+    parser.add_argument("--summary", type=Path, help="write the run summary as JSON here")
+
+
+def _limits(args: argparse.Namespace) -> SafetyLimits:
+    defaults = SafetyLimits()
+    low, high = defaults.workspace_low, defaults.workspace_high
+    if args.workspace:
+        low, high = tuple(args.workspace[:3]), tuple(args.workspace[3:])
+    return SafetyLimits(workspace_low=low, workspace_high=high,
+                        max_translation_m=args.max_step or defaults.max_translation_m,
+                        max_rotation_rad=defaults.max_rotation_rad)
+
+
+def _keys(args: argparse.Namespace) -> ClientKeys | None:
+    if (args.server_key is None) != (args.client_key is None):
+        raise ValueError("CURVE needs both --server-key and --client-key")
+    return ClientKeys(args.client_key, args.server_key) if args.server_key else None
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from .sim import SimArm, SimConfig  # after MUJOCO_GL is set: MuJoCo picks its GL backend at import
+
+    try:
+        limits, keys = _limits(args), _keys(args)
+    except ValueError as error:
+        print(f"sim-arm: {error}")
+        return 2
+    arm = SimArm(SimConfig(image_height=args.image_size, image_width=args.image_size), seed=args.seed)
+    subscribers = []
+    if args.record is not None:
+        from .recording import EpisodeRecorder
+
+        subscribers.append(EpisodeRecorder(args.record, task=f"sim-arm seed {args.seed}"))
+    try:
+        client = ArmClient(arm, args.endpoint, args.robot_id, args.rate, limits, args.action_timeout,
+                           keys=keys, image_format=args.image_format, subscribers=subscribers)
+    except (InsecureEndpoint, ValueError, OSError) as error:
+        arm.close()
+        print(f"sim-arm: {error}")
+        return 2
+    if threading.current_thread() is threading.main_thread():  # Ctrl-C / kill: hold, finish the episode, exit
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: client.request_stop())
+    try:
+        summary = client.run(max_steps=args.steps, duration_s=args.duration)
+    finally:
+        client.close()
+        arm.close()
+    report = {"steps": summary.steps, "reason": summary.reason, "stats": summary.stats}
+    print(json.dumps(report))
+    if args.summary is not None:
+        args.summary.write_text(json.dumps(report, indent=2))
+    return 0
