@@ -77,12 +77,15 @@ def run(args: argparse.Namespace) -> int:
         arm.close()
         print(f"sim-arm: {error}")
         return 2
+    previous_handlers = {}
     if threading.current_thread() is threading.main_thread():  # Ctrl-C / kill: hold, finish the episode, exit
         for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: client.request_stop())
+            previous_handlers[signum] = signal.signal(signum, lambda *_: client.request_stop())
     try:
         summary = client.run(max_steps=args.steps, duration_s=args.duration)
     finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         client.close()
         arm.close()
     report = {"steps": summary.steps, "reason": summary.reason, "stats": summary.stats}
