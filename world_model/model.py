@@ -33,7 +33,7 @@ class WorldModel(nn.Module):
     """Encoder + AC predictor. `encode` and `rollout` run under `torch.inference_mode`.
 
     Weights stay in their own dtype; `autocast_dtype=torch.bfloat16` runs both calls under
-    `torch.autocast` (outputs are then float32, since the final LayerNorm runs in float32).
+    `torch.autocast` and returns float32 latents.
     """
 
     def __init__(self, encoder: VisionTransformer, predictor: ACPredictor, autocast_dtype: torch.dtype | None = None):
@@ -105,7 +105,8 @@ class WorldModel(nn.Module):
         tubelet = self.encoder.config.tubelet_size
         clip = pixels.to(self.device, self.predictor.predictor_proj.weight.dtype)[:, :, None].expand(-1, -1, tubelet, -1, -1)
         with self._autocast():
-            return normalize_latents(self.encoder(clip))
+            latents = normalize_latents(self.encoder(clip))
+        return latents.float() if self.autocast_dtype else latents
 
     def rollout(
         self, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor, cached: bool = True
@@ -119,7 +120,8 @@ class WorldModel(nn.Module):
         with torch.inference_mode():
             context, actions, states = self._rollout_inputs(context, actions, states)
             with self._autocast():
-                return (self._rollout_cached if cached else self._rollout_full)(context, actions, states)
+                frames = (self._rollout_cached if cached else self._rollout_full)(context, actions, states)
+            return frames.float() if self.autocast_dtype else frames
 
     def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
         """Weights + architecture record (+ `metadata`, e.g. provenance) as safetensors."""

@@ -43,7 +43,7 @@ def swap_pairs(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rotation(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Rotate `x (..., L, d)` with tables `(L, d)` from `rope_tables`."""
-    return x * cos + swap_pairs(x) * signed_sin
+    return torch.addcmul(x * cos, swap_pairs(x), signed_sin)
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
