@@ -88,15 +88,17 @@ def infer_config(encoder_state: Mapping[str, torch.Tensor], predictor_state: Map
     """
     wanted = (_shapes(encoder_state), _shapes(_without_ignored(predictor_state)))
     matches: dict[ModelConfig, list[str]] = {}
+    width = encoder_state.get("patch_embed.proj.weight", torch.empty(0)).shape[:1]
     for name, config in PRESETS.items():
+        if width != (config.encoder.embed_dim,):
+            continue  # cheap pre-filter: building every preset, even on `meta`, takes seconds
         if architecture_shapes(config) == wanted:
             matches.setdefault(config, []).append(name)
     if len(matches) == 1:
         return next(iter(matches))
     if not matches:
-        width = tuple(encoder_state.get("patch_embed.proj.weight", torch.empty(0)).shape)
         raise CheckpointError(
-            f"no preset architecture has exactly these keys and shapes (encoder patch_embed {width}, "
+            f"no preset architecture has exactly these keys and shapes (encoder width {tuple(width)}, "
             f"{len(encoder_state)} encoder / {len(predictor_state)} predictor tensors); pass an explicit config"
         )
     names = sorted(", ".join(group) for group in matches.values())
