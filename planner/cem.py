@@ -39,7 +39,7 @@ class CEM(SamplingOptimizer):
             iteration_energies.append(energies)
             elites = candidates[torch.topk(energies, config.topk, largest=False).indices]
             mean = (1 - mean_momentum) * elites.mean(dim=0) + mean_momentum * mean
-            std = (1 - std_momentum) * elites.std(dim=0, unbiased=True) + std_momentum * std
+            std = (1 - std_momentum) * elites.std(dim=0, correction=1) + std_momentum * std
         return Plan(
             actions=final_actions(mean),
             energy=iteration_energies[-1].min(),

@@ -7,6 +7,7 @@ its ``PlannerConfig``: xyz deltas within +-maxnorm per axis and a target pose in
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -39,7 +40,7 @@ class SubGoal:
         as_frame_latent(self.latent, "goal latent")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.energy_threshold is not None and not (self.energy_threshold == self.energy_threshold):
+        if self.energy_threshold is not None and math.isnan(self.energy_threshold):
             raise ValueError("energy_threshold must be a number, got NaN")
 
 
@@ -50,7 +51,7 @@ class ControlStep:
     action: torch.Tensor  # (7,) delta to execute now: [dx, dy, dz, 0, 0, 0, dgripper]
     target_pose: torch.Tensor  # (7,) compose_pose(state, action), inside the workspace box
     plan: torch.Tensor  # (H, 7) the whole plan the action was taken from
-    energy: float  # predicted energy of the plan's final imagined frame
+    energy: float  # lowest energy the optimiser scored in its final iteration
     goal_energy: float  # observed energy of the current latent against the active goal
     goal_index: int  # which sub-goal this step planned for
     planning_seconds: float

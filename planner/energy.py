@@ -47,6 +47,7 @@ class Energy:
             frame_weights = weights / weights.sum()
         self.kind = kind
         self.frame_weights = frame_weights
+        self._device_weights: dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, frames: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         if frames.dim() != 4:
@@ -58,4 +59,6 @@ class Energy:
                 f"frame_weights has {self.frame_weights.numel()} entries but the rollout has {frames.shape[1]} frames"
             )
         per_frame = frame_distance(frames, goal.unsqueeze(0) if goal.dim() == 3 else goal, self.kind)  # (S, H)
-        return per_frame @ self.frame_weights.to(per_frame.device)
+        if per_frame.device not in self._device_weights:  # copied once, not on every call
+            self._device_weights[per_frame.device] = self.frame_weights.to(per_frame.device)
+        return per_frame @ self._device_weights[per_frame.device]

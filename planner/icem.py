@@ -73,7 +73,7 @@ class ICEM(SamplingOptimizer):
             elites = candidates[best]
             carried = elites
             mean = (1 - mean_momentum) * elites.mean(dim=0) + mean_momentum * mean
-            std = (1 - std_momentum) * elites.std(dim=0, unbiased=True) + std_momentum * std
+            std = (1 - std_momentum) * elites.std(dim=0, correction=1) + std_momentum * std
         return Plan(
             actions=final_actions(elites[0]),
             energy=energies[best[0]],

@@ -109,8 +109,9 @@ class GoalObjective:
         """(S, H, 7) actions -> (S, H, N, D) imagined latents of frames 1..H."""
         if actions.dim() != 3 or actions.shape[-1] != 7:
             raise ValueError(f"actions must be (S, H, 7), got shape {tuple(actions.shape)}")
+        actions = actions.to(self.device, torch.float32)
         # Frame h is imagined at pose h: the current pose, then the chain of composed actions.
-        states = chain_poses(self.state, actions.to(self.device, torch.float32))[:, :-1]
+        states = chain_poses(self.state, actions)[:, :-1]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
             return self.model.rollout(self.context, actions, states, cached=self.cached)
 
