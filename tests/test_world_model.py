@@ -122,6 +122,9 @@ def test_properties_and_device_resolution(small_model):
     assert small_model.image_size == 64 and small_model.tokens_per_frame == 16 and small_model.embed_dim == 128
     assert small_model.device == torch.device("cpu") and small_model.dtype == torch.float32
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
     assert set(PRESETS) >= {"vit_large", "vit_huge", "vit_giant", "vit_giant_384", "ac_vit_giant", "tiny", "small", "demo"}
 
 

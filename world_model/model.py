@@ -26,7 +26,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`"auto"` -> CUDA when available, else CPU; anything else is passed to `torch.device`."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available (use 'auto' or 'cpu')")
+    return resolved
 
 
 class WorldModel(nn.Module):
