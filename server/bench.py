@@ -21,8 +21,8 @@ STATE = [0.5, 0.0, 0.3, 3.14, 0.0, 0.0, 0.0]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sessions", type=int, default=8, help="concurrent robot sessions (default %(default)s)")
-    parser.add_argument("--requests", type=int, default=10, help="timed acts per session (default %(default)s)")
+    parser.add_argument("--sessions", type=int, default=4, help="concurrent robot sessions (default %(default)s)")
+    parser.add_argument("--requests", type=int, default=5, help="timed acts per session (default %(default)s)")
     parser.add_argument("--model", default=None, help="preset or checkpoint (default: JEPA_MODEL or the demo model)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, ... (default: JEPA_DEVICE or auto)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], default=None)

@@ -17,7 +17,7 @@ from server.settings import ServerSettings
 from test_api import FAST_PLANNER, png_bytes
 
 KEY = "fuzz-key"
-EXAMPLES_PER_OPERATION = 25  # x ~14 operations x 2 modes: a bounded run of some seconds
+EXAMPLES_PER_OPERATION = 20  # x 15 operations x 2 modes: a bounded run of some seconds
 
 
 @pytest.fixture(scope="module")
