@@ -131,7 +131,7 @@ class WorldModel(nn.Module):
         save_safetensors(path, self.config, self.encoder, self.predictor, metadata)
 
     def _rollout_cached(self, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        samples, horizon = actions.shape[:2]
+        horizon = actions.shape[1]
         cache = self.predictor.new_cache(horizon)
         frames = []
         frame = context
