@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from .errors import ServiceError
-from .middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from .middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware, UnexpectedErrorMiddleware
 from .routes import goals, health, model, sessions
 from .service import PlanningService
 
@@ -51,10 +51,11 @@ def create_app(service: PlanningService, *, manage_lifecycle: bool = True) -> Fa
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)
-    # Added last = outermost: the size limit guards everything, metrics see every answer.
+    app.add_exception_handler(Exception, _unexpected_error)  # last resort, for errors after a response started
+    # Added last = outermost: the size limit guards everything, metrics see every answer (500s too).
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=service.settings.max_upload_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(UnexpectedErrorMiddleware)
     return app
 
 

@@ -42,6 +42,8 @@ class Engine(Protocol):
 
     def latent_from_array(self, array: np.ndarray) -> Any: ...
 
+    def check_planner(self, planner: dict[str, Any]) -> None: ...
+
     def new_session_planner(self, goal_latents: list[Any], planner: dict[str, Any],
                             schedule: dict[str, Any] | None = None) -> SessionPlanner: ...
 
@@ -82,7 +84,14 @@ class WorldModelEngine:
     def info(self) -> dict[str, Any]:
         wm = self.world_model
         return {"device": str(wm.device), "dtype": str(wm.dtype).removeprefix("torch."), "image_size": wm.image_size,
-                "tokens_per_frame": wm.tokens_per_frame, "embed_dim": wm.embed_dim, "fingerprint": self.fingerprint}
+                "tokens_per_frame": wm.tokens_per_frame, "embed_dim": wm.embed_dim, "max_horizon": wm.max_horizon,
+                "fingerprint": self.fingerprint}
+
+    def check_planner(self, planner: dict[str, Any]) -> None:
+        """What PlannerConfig cannot know: the limits of this model."""
+        if planner["horizon"] > self.world_model.max_horizon:
+            raise InvalidInput(f"horizon {planner['horizon']} is longer than this model can imagine "
+                               f"({self.world_model.max_horizon})", code="invalid_planner")
 
     def encode(self, pixels: np.ndarray):
         return self.world_model.encode(pixels)[0]  # (N, D) on the model device

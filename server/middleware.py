@@ -1,13 +1,47 @@
-"""Pure ASGI middleware: request body size limit and request metrics."""
+"""Pure ASGI middleware: unexpected errors as JSON, request body size limit, request metrics."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+class UnexpectedErrorMiddleware:
+    """Turns an unhandled exception into a JSON 500 here, inside the app, so the server sees a
+    normal answer and keeps the client's connection open (Starlette's last-resort handler
+    re-raises to the server, which then drops the connection)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                raise
+            # The traceback goes to the server log only; the client learns nothing about internals.
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            await send_error(send, 500, "internal_error", "internal server error; the details are in the service log",
+                             close=False)
+
 
 # After the limit is crossed the rest of the body is read and thrown away (never stored), so the
 # client, still sending, reads our 413 instead of a reset connection. Past this many bytes we stop
@@ -82,11 +116,11 @@ class RequestMetricsMiddleware:
             self.metrics.request_seconds.labels(method, route).observe(time.perf_counter() - started)
 
 
-async def send_error(send: Send, status: int, code: str, message: str) -> None:
+async def send_error(send: Send, status: int, code: str, message: str, close: bool = True) -> None:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                "headers": headers + [(b"connection", b"close")] if close else headers})
     await send({"type": "http.response.body", "body": body})
 
 

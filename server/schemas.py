@@ -162,6 +162,7 @@ class ModelInfo(BaseModel):
     image_size: int | None = None
     tokens_per_frame: int | None = None
     embed_dim: int | None = None
+    max_horizon: int | None = None
     fingerprint: str | None = None
     planner_defaults: dict[str, Any] = Field(default_factory=dict)
 

@@ -68,6 +68,9 @@ class SessionRegistry:
         for goal_id in goal_ids:
             self.goals.get(goal_id)
         planner = self.validate_planner(planner_overrides)
+        engine = self.worker.model
+        if engine is not None:  # while the model loads, model limits are checked at the first act
+            engine.check_planner(planner)
         with self._lock:
             current = self._active_for_robot(robot_id)
             if current is not None:

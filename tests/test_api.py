@@ -247,6 +247,9 @@ def test_bad_planner_override_and_upload_forms(client, goal_id):
     assert "samples" in error["message"]
     assert_error(client.post("/v1/sessions", json={"robot_id": "arm-p", "goal_id": goal_id,
                                                   "planner": {"maxnorm": -1}}), 422, "invalid_planner")
+    too_long = assert_error(client.post("/v1/sessions", json={"robot_id": "arm-p", "goal_id": goal_id,
+                                                              "planner": {"horizon": 30}}), 422, "invalid_planner")
+    assert "horizon" in too_long["message"]
     assert_error(client.post("/v1/goals", content=b"{}", headers={"content-type": "application/json"}), 415)
     assert_error(client.post("/v1/goals", files={"other": ("g.png", png_bytes(1), "image/png")}), 422, "missing_image")
     assert_error(client.post("/v1/goals", files={"image": ("g.png", png_bytes(1), "image/png")},

@@ -47,3 +47,29 @@ def test_restart_keeps_goals_sessions_history_and_cached_latents(tmp_path):
             assert client.post("/v1/sessions", json={"robot_id": "arm-a", "goal_id": goal["id"]}).status_code == 409
     # The goal latent was read from the cache, not encoded again.
     assert latents[0].stat().st_mtime_ns == latent_written
+
+
+def test_one_sessions_failure_does_not_stall_another(tmp_path):
+    """A session whose goal data vanished from disk fails its own acts (500, JSON, no internals)
+    while another session keeps planning and the worker stays alive."""
+    with start(tmp_path) as first:
+        first.wait_ready()
+        with httpx.Client(base_url=first.url, timeout=60) as client:
+            goals = [client.post("/v1/goals", files={"image": ("g.png", png_bytes(s), "image/png")}).json()
+                     for s in (1, 2)]
+            broken, healthy = (client.post("/v1/sessions", json={"robot_id": f"arm-{i}", "goal_id": g["id"]}).json()
+                               for i, g in enumerate(goals))
+    for path in [*(tmp_path / "goals").glob(f"{goals[0]['id']}.*"), *(tmp_path / "latents").glob(f"{goals[0]['id']}.*")]:
+        path.unlink()
+
+    with start(tmp_path) as second:
+        second.wait_ready()
+        with httpx.Client(base_url=second.url, timeout=60) as client:
+            for _ in range(2):
+                failed = act(client, broken["id"])
+                assert failed.status_code == 500
+                assert failed.json()["error"]["code"] == "internal_error"
+                assert "Traceback" not in failed.text and str(tmp_path) not in failed.text
+                assert act(client, healthy["id"]).status_code == 200
+            assert client.get(f"/v1/sessions/{broken['id']}").json()["steps"] == 0
+            assert 'jepa_plan_failures_total{source="http"} 2.0' in client.get("/metrics").text
