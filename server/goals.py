@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ class GoalLibrary:
         metadata = dict(metadata or {})
         if name is not None and len(name) > MAX_NAME_LENGTH:
             raise InvalidInput(f"name is longer than {MAX_NAME_LENGTH} characters")
-        if len(repr(metadata)) > MAX_METADATA_BYTES:
+        if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
             raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
         image = await asyncio.to_thread(decode_image, data, self.max_image_pixels)
         goal = GoalRecord(

@@ -122,9 +122,11 @@ class SessionRegistry:
         return None if live is None else live.record
 
     # robot side
-    async def act(self, session_id: str, pixels: np.ndarray, state: list[float], seq: int | None) -> ActOutcome:
+    async def act(self, session_id: str, pixels: np.ndarray, state: list[float], seq: int | None,
+                  received: float | None = None) -> ActOutcome:
+        """`received`: perf_counter() when the request arrived (for total_ms); now if not given."""
         live = self._live_for_act(session_id, seq)
-        return await self.worker.call(self._act_job, live, pixels, state, seq, "http", time.perf_counter())
+        return await self.worker.call(self._act_job, live, pixels, state, seq, "http", received or time.perf_counter())
 
     def act_for_robot(self, robot_id: str, pixels: np.ndarray, state: list[float], seq: int | None,
                       timeout: float | None = None) -> ActOutcome | None:
