@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import logging
+import statistics
 import time
 
 import torch
