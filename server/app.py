@@ -23,19 +23,17 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                422: "invalid_request", 503: "unavailable"}
 
 
-def create_app(service: PlanningService, *, manage_lifecycle: bool = True) -> FastAPI:
-    """The app serving `service`. With `manage_lifecycle`, app startup loads the model and app
-    shutdown closes the service (bridge, worker, storage)."""
+def create_app(service: PlanningService) -> FastAPI:
+    """The app serving `service`: app startup starts loading the model, app shutdown closes the
+    service (bridge, worker, storage), so uvicorn's graceful shutdown cleans everything up."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        if manage_lifecycle:
-            service.start()
+        service.start()
         try:
             yield
         finally:
-            if manage_lifecycle:
-                service.close()
+            service.close()
 
     app = FastAPI(
         title="jepa-planner",
