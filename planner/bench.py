@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--topk", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="timed plans per planner (median reported)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--bf16", action="store_true", help="ours under bf16 autocast (the baseline stays float32)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -152,6 +153,10 @@ def run(args: argparse.Namespace) -> int:
     config = PlannerConfig(
         horizon=args.horizon, samples=args.samples, iterations=args.iterations, topk=args.topk, autocast_bf16=args.bf16
     )
+    if args.threads:
+        # On a CPU shared with other jobs, fewer threads than cores can be faster: every op's
+        # parallel region waits for its slowest (preempted) thread.
+        torch.set_num_threads(args.threads)
     model, origin = load_bench_model(args.preset, args.device)
     device = model.device
     generator = torch.Generator().manual_seed(0)
