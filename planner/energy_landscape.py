@@ -75,8 +75,8 @@ def read_rgb(path: str) -> np.ndarray:
     import imageio.v3 as iio
 
     try:
-        image = np.asarray(iio.imread(path))
-    except Exception as error:  # imageio raises many types for unreadable files
+        image = np.asarray(iio.imread(path, plugin="pillow"))
+    except Exception as error:  # pillow raises many types for unreadable files
         raise ValueError(f"cannot read image {path!r}: {error}") from None
     if image.dtype != np.uint8:
         raise ValueError(f"image {path!r} must be 8-bit, got {image.dtype}")
