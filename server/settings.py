@@ -46,7 +46,7 @@ class ServerSettings(BaseSettings):
         env_prefix="JEPA_", env_nested_delimiter="__", extra="forbid", validate_default=True,
     )
 
-    model: str = Field("demo", description="preset name (demo, tiny, small, vit_giant, ...) or a .pt/.safetensors checkpoint")
+    model: str = Field("demo", description="preset name (demo, tiny, small, ac_vit_giant) or a .pt/.safetensors checkpoint")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "bfloat16", "float64"] = Field(
         "float32", description="bfloat16 keeps float32 weights and runs under autocast (CUDA)")
