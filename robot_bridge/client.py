@@ -63,23 +63,37 @@ class BridgeConnection:
                  limits: ProtocolLimits = ARM_SIDE_LIMITS, send_queue: int = 8):
         require_secure(endpoint, keys, "arm client")
         self.endpoint, self.robot_id, self.limits = endpoint, robot_id, limits
+        self._keys, self._send_queue = keys, send_queue
         self.invalid_frames = 0
         self.invalid_by_code: collections.Counter[str] = collections.Counter()
         self.send_failures = 0
+        self.last_received = time.monotonic()
         self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.DEALER)
+        self._socket = self._open_socket()
+
+    def _open_socket(self) -> zmq.Socket:
+        socket = self._context.socket(zmq.DEALER)
         try:
-            self._socket.routing_id = robot_id.encode()
-            self._socket.linger = 0
-            self._socket.immediate = 1      # queue nothing while disconnected: old observations are worthless
-            self._socket.sndhwm = send_queue
-            self._socket.maxmsgsize = limits.max_message_bytes
-            if keys is not None:
-                keys.apply(self._socket)
-            self._socket.connect(endpoint)
+            socket.routing_id = self.robot_id.encode()
+            socket.linger = 0
+            socket.immediate = 1      # queue nothing while disconnected: old observations are worthless
+            socket.sndhwm = self._send_queue
+            socket.maxmsgsize = self.limits.max_message_bytes
+            if self._keys is not None:
+                self._keys.apply(socket)
+            socket.connect(self.endpoint)
         except Exception:
-            self.close()
+            socket.close(linger=0)
+            self._context.term()
             raise
+        return socket
+
+    def reconnect(self) -> None:
+        """Replace the socket. libzmq never reconnects a socket dropped for a protocol error
+        (e.g. an oversized frame), so a silent link is re-made from scratch."""
+        self._socket.close(linger=0)
+        self._socket = self._open_socket()
+        self.last_received = time.monotonic()
 
     def send(self, message: Message) -> bool:
         """Queue a message without blocking; False if it could not be queued (not connected or full)."""
@@ -100,6 +114,7 @@ class BridgeConnection:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return messages
+            self.last_received = time.monotonic()
             try:
                 if len(frames) != 1:
                     raise ProtocolError(ErrorCode.MALFORMED, f"{len(frames)} frames")
@@ -183,6 +198,7 @@ class ArmClient:
         image_format: str = "jpeg",
         jpeg_quality: int = 90,
         subscribers: Iterable[Subscriber] = (),
+        reconnect_after_s: float = 3.0,
     ):
         self.arm, self.limits, self.action_timeout = arm, limits, action_timeout
         self.rate_hz = float(rate_hz if rate_hz is not None else arm.control_hz)
@@ -192,6 +208,7 @@ class ArmClient:
         self.hello = HelloMessage(robot_id=robot_id, camera_height=height, camera_width=width,
                                   control_hz=self.rate_hz, image_format=image_format, software="jepa-planner arm client")
         self.image_format, self.jpeg_quality = image_format, jpeg_quality
+        self.reconnect_after_s = reconnect_after_s   # silence (not even heartbeat echoes) before re-making the link
         self.subscribers = list(subscribers)
         self.connection = BridgeConnection(endpoint, robot_id, keys=keys)
         self.rtt_ms: float | None = None
@@ -263,6 +280,14 @@ class ArmClient:
 
     def _send_observation(self, observation: Observation) -> int | None:
         state, now = self._state, time.monotonic()
+        silence_limit = self.reconnect_after_s
+        if state.welcome is not None:  # heartbeat echoes arrive every interval from a live service
+            silence_limit = max(silence_limit, 3 * state.welcome.heartbeat_interval_s)
+        if now - self.connection.last_received > silence_limit:
+            self.connection.reconnect()
+            state.welcome, state.hello_sent_at = None, -np.inf
+            state.counts["reconnects"] += 1
+            log.warning("no word from %s for %.1f s; reconnecting", self.connection.endpoint, silence_limit)
         if state.welcome is None:
             if now - state.hello_sent_at >= HELLO_RETRY_S and self.connection.send(self.hello):
                 state.hello_sent_at = now

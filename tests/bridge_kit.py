@@ -142,6 +142,12 @@ class RawPeer:
         self.socket.close(linger=0)
         self.context.term()
 
+    def __enter__(self) -> "RawPeer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def hello(robot_id: str, size: int = 32) -> HelloMessage:
     return HelloMessage(robot_id, size, size, 50.0, "raw")
