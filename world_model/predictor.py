@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import PredictorConfig
-from .layers import Block, KVCache, init_transformer_weights
+from .layers import Block, KVCache, init_transformer_weights, linear
 from .rope import RopeTableCache, attention_dtype, grid_positions
 
 CONDITIONING_TOKENS = 2  # action, state
@@ -83,7 +83,7 @@ class ACPredictor(nn.Module):
         self._check_inputs(actions, states, frames)
         if x.shape != (batch, frames * n, dim):
             raise ValueError(f"x must be (B, T*N, D) = {(batch, frames * n, dim)}, got {tuple(x.shape)}")
-        tokens = self._interleave(self.predictor_embed(x).view(batch, frames, n, -1), actions, states)
+        tokens = self._interleave(linear(self.predictor_embed, x).view(batch, frames, n, -1), actions, states)
         rope = self._frame_rope(0, frames, tokens)
         mask = self._mask(frames, tokens.device)
         for block in self.predictor_blocks:
@@ -113,7 +113,7 @@ class ACPredictor(nn.Module):
         n = self.config.tokens_per_frame
         if frame.dim() != 3 or frame.shape[1:] != (n, self.config.embed_dim) or frame.shape[0] not in (1, action.shape[0]):
             raise ValueError(f"frame must be (1|B, {n}, {self.config.embed_dim}), got {tuple(frame.shape)}")
-        tokens = self._interleave(self.predictor_embed(frame)[:, None], action[:, None], state[:, None])
+        tokens = self._interleave(linear(self.predictor_embed, frame)[:, None], action[:, None], state[:, None])
         rope = self._frame_rope(t, 1, tokens)
         for block, layer_cache in zip(self.predictor_blocks, cache.layers):
             tokens = block(tokens, rope, None, layer_cache)
@@ -130,7 +130,7 @@ class ACPredictor(nn.Module):
     def _readout(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
         batch, dim = tokens.shape[0], tokens.shape[-1]
         patches = tokens.view(batch, frames, self.tokens_per_step, dim)[:, :, CONDITIONING_TOKENS:]
-        return self.predictor_proj(self.predictor_norm(patches.reshape(batch, -1, dim)))
+        return linear(self.predictor_proj, self.predictor_norm(patches.reshape(batch, -1, dim)))
 
     def _frame_rope(self, first_frame: int, frames: int, tokens: torch.Tensor):
         """Rows of the all-frames table for frames [first_frame, first_frame + frames)."""
