@@ -217,3 +217,27 @@ def test_structured_garbage_only_ever_raises_protocol_errors(message_type, field
     except ProtocolError:
         return
     encode(message)  # anything accepted must be re-sendable as is
+
+
+def _worked_bytes(document: str, heading: str) -> bytes:
+    """The hex dump in the first code block after `heading` (each line: hex pairs, then a comment)."""
+    block = document.split(heading, 1)[1].split("```", 2)[1]
+    data = bytearray()
+    for line in block.splitlines():
+        for token in line.split():
+            if len(token) != 2 or any(c not in "0123456789abcdef" for c in token):
+                break
+            data.append(int(token, 16))
+    return bytes(data)
+
+
+def test_protocol_document_matches_the_implementation():
+    from pathlib import Path
+
+    import robot_bridge
+
+    document = (Path(robot_bridge.__file__).parent / "PROTOCOL.md").read_text()
+    assert _worked_bytes(document, "`heartbeat` with timestamp 12.5") == encode(HeartbeatMessage(12.5))
+    assert _worked_bytes(document, "`hello` (124 bytes)") == encode(HelloMessage("arm-1", 256, 256, 4.0, "jpeg", "my-client 1.0"))
+    error_table = document.split("## 6. Error codes", 1)[1].split("## 7.", 1)[0]
+    assert {f"`{code.value}`" for code in ErrorCode} <= set(error_table.split())
