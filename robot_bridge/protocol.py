@@ -280,7 +280,8 @@ class ImagePayload:
     @cached_property
     def _pixels(self) -> np.ndarray:
         if self.format == "raw":
-            return np.frombuffer(self.data, dtype=np.uint8).reshape(self.height, self.width, 3)
+            # A writable copy, like the JPEG path: consumers such as torch.from_numpy expect one.
+            return np.frombuffer(self.data, dtype=np.uint8).reshape(self.height, self.width, 3).copy()
         import cv2
 
         decoded = cv2.imdecode(np.frombuffer(self.data, dtype=np.uint8), cv2.IMREAD_COLOR)

@@ -96,3 +96,24 @@ def test_goal_frame_specs():
     for bad in ("7", "-6", "middle"):
         with pytest.raises(ValueError):
             replay.goal_index(bad, 5)
+
+
+def test_replay_through_the_real_service_creates_its_own_session(recorded_episode, tmp_path):
+    """End to end: HTTP goal + session creation, bridge streaming, the real planner and model."""
+    from server.local_server import LocalServer
+    from server.serve_command import build_service
+    from server.settings import ServerSettings
+    from test_api import FAST_PLANNER
+
+    settings = ServerSettings(model="tiny", device="cpu", bridge="tcp://127.0.0.1:*", planner=FAST_PLANNER,
+                              data_dir=tmp_path / "data")
+    report_path = tmp_path / "report.json"
+    with LocalServer(build_service(settings), with_bridge=True) as server:
+        server.wait_ready()
+        args = parse(replay, [str(recorded_episode), "--endpoint", server.bridge.endpoint, "--http", server.url,
+                              "--robot-id", "replay-e2e", "--goal-frame", "last", "--report", str(report_path)])
+        assert replay.run(args) == 0
+    report = json.loads(report_path.read_text())
+    assert report["session"]["session_id"] and report["session"]["goal_id"]
+    assert report["summary"]["action"] == len(report["steps"]) == 10
+    assert all(np.isfinite(s["energy"]) and s["planning_ms"] > 0 for s in report["steps"])
