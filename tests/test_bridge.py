@@ -240,3 +240,38 @@ def test_a_busy_endpoint_fails_at_start():
     with BridgeService(LOOPBACK, StepPlanner()) as service:
         with pytest.raises(zmq.ZMQError):
             BridgeService(service.endpoint, StepPlanner()).start()
+
+
+def test_sim_arm_command_runs_as_a_process_over_curve_and_stops_cleanly_on_sigint(tmp_path):
+    import json
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from robot_bridge.keys import generate_key_pair
+    from robot_bridge.security import ServerKeys
+
+    for name in ("service", "sim0"):
+        generate_key_pair(tmp_path, name)
+    (tmp_path / "arms").mkdir()
+    shutil.copy(tmp_path / "sim0.key", tmp_path / "arms" / "sim0.key")
+    planner = StepPlanner(step=0.01)
+    with BridgeService(LOOPBACK, planner, keys=ServerKeys(tmp_path / "service.key_secret", tmp_path / "arms")) as service:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "sim-arm", "--endpoint", service.endpoint, "--robot-id", "sim0",
+             "--image-size", "32", "--rate", "20", "--server-key", str(tmp_path / "service.key"),
+             "--client-key", str(tmp_path / "sim0.key_secret")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "MUJOCO_GL": "egl"})
+        try:
+            wait_until(lambda: service.stats()["actions_sent"] >= 5 or process.poll() is not None, timeout=60)
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["reason"] == "requested" and summary["stats"]["moves"] >= 3
+    assert {robot for robot, _, _ in planner.seen} == {"sim0"}

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import zmq
 
-from bridge_kit import START_POSE, ClientThread, PointArm, RawPeer, wait_until
+from bridge_kit import START_POSE, ClientThread, PointArm, RawPeer
 from robot_bridge.arm import SafetyLimits
 from robot_bridge.client import ArmClient, Subscriber
 from robot_bridge.protocol import (
