@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rope import apply_rotation
+from functools import lru_cache
+
+from .rope import rotate_split_pairs, split_pairs_order
 
 try:
     _onednn_linear = torch.ops.mkldnn._linear_pointwise
@@ -17,8 +19,10 @@ except (AttributeError, RuntimeError):  # a torch build without oneDNN
     _onednn_linear = None
 
 
-def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, rows: torch.Tensor | None = None) -> torch.Tensor:
     """`layer(x)`, optionally followed by exact (erf) GELU, through oneDNN for float32 CPU inference.
+
+    `rows` picks and orders the output features (by gathering weight rows, not outputs).
 
     Why: torch's CPU matmul goes through MKL, whose sgemm runs a slow code path on AMD CPUs
     (measured ~90 GFLOP/s on one Zen core against ~210 GFLOP/s for oneDNN at the predictor's
@@ -26,16 +30,21 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tenso
     rounding. Autograd, autocast, float64, non-CPU tensors and hooked layers (the parity tests
     capture activations with forward hooks) take the ordinary path.
     """
+    if layer._forward_hooks or layer._forward_pre_hooks:
+        out = layer(x) if rows is None else layer(x)[..., rows]
+        return F.gelu(out) if gelu else out
+    weight, bias = layer.weight, layer.bias
+    if rows is not None:
+        weight, bias = weight[rows], None if bias is None else bias[rows]
     if (
         _onednn_linear is not None
-        and not (layer._forward_hooks or layer._forward_pre_hooks)
         and x.device.type == "cpu"
         and x.dtype == torch.float32 == layer.weight.dtype
         and not torch.is_autocast_enabled("cpu")
         and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
     ):
-        return _onednn_linear(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none" if gelu else "")
-    out = layer(x)
+        return _onednn_linear(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    out = F.linear(x, weight, bias)
     return F.gelu(out) if gelu else out
 
 
@@ -79,6 +88,14 @@ class KVCache:
         return self._keys[:, :, :end], self._values[:, :, :end]
 
 
+@lru_cache
+def _qkv_rows(num_heads: int, head_dim: int, device: torch.device) -> torch.Tensor:
+    """qkv output order with every query and key head in `split_pairs_order` (values untouched)."""
+    heads = torch.arange(num_heads)[:, None] * head_dim + split_pairs_order(head_dim)
+    dim = num_heads * head_dim
+    return torch.cat([heads.flatten(), dim + heads.flatten(), torch.arange(2 * dim, 3 * dim)]).to(device)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with 3-D RoPE on queries and keys, through SDPA."""
 
@@ -97,9 +114,11 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
     ) -> torch.Tensor:
         batch, length, dim = x.shape
-        # qkv rows are [q | k | v], each split into heads (heads outermost).
-        qkv = linear(self.qkv, x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        queries, keys = apply_rotation(qkv[:2], *rope).unbind(0)
+        # qkv rows are [q | k | v], each split into heads (heads outermost); queries and keys come
+        # in the rotation's split-pairs layout, which leaves q.k unchanged.
+        rows = _qkv_rows(self.num_heads, self.head_dim, x.device)
+        qkv = linear(self.qkv, x, rows=rows).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        queries, keys = rotate_split_pairs(qkv[:2], *rope).unbind(0)
         values = qkv[2]
         if cache is not None:
             keys, values = cache.append(keys, values)
