@@ -11,6 +11,7 @@ import torch
 from robot_bridge import collect
 from server import cli
 from world_model import PRESETS, WorldModel, load_world_model
+from world_model.training.conditioning import MIN_STD, standardize_linear_input
 from world_model.training.data import ClipDataset, load_episodes
 from world_model.training.ema import ema_update, make_target
 from world_model.training.losses import predictor_losses
@@ -28,7 +29,7 @@ def sim_data(tmp_path_factory):
 
 
 def make_trainer(sim_data, out_dir, mode="from-pixels", **overrides) -> Trainer:
-    settings = dict(mode=mode, steps=30, batch_size=8, clip_frames=4, lr=1e-3, warmup_steps=3, decay_steps=5,
+    settings = dict(mode=mode, steps=30, batch_size=6, clip_frames=3, lr=1e-3, warmup_steps=3, decay_steps=5,
                     log_every=5, checkpoint_every=1000, validate_every=0, validation_clips=4, seed=7)
     settings.update(overrides)
     config = TrainConfig(**settings)
@@ -55,15 +56,15 @@ def test_loss_falls_on_recorded_sim_data(sim_data, tmp_path, mode):
 
 
 def test_resume_continues_exactly_where_the_run_stopped(sim_data, tmp_path):
-    uninterrupted = make_trainer(sim_data, tmp_path / "a", steps=10)
+    uninterrupted = make_trainer(sim_data, tmp_path / "a", steps=8)
     uninterrupted.fit(show_progress=False)
 
-    interrupted = make_trainer(sim_data, tmp_path / "b", steps=10)
+    interrupted = make_trainer(sim_data, tmp_path / "b", steps=8)
     for _ in range(4):
         interrupted.train_step()
     interrupted.save_checkpoint()
     torch.manual_seed(12345)  # a resumed process starts with unrelated RNG state
-    resumed = make_trainer(sim_data, tmp_path / "b", steps=10)
+    resumed = make_trainer(sim_data, tmp_path / "b", steps=8)
     assert resumed.resume() and resumed.step == 4
     resumed.fit(show_progress=False)
 
@@ -168,3 +169,15 @@ def test_ema_target_follows_the_online_encoder_slowly():
         online.weight.add_(1.0)
     ema_update(target, online, decay=0.9)
     torch.testing.assert_close(target.weight, before + 0.1)
+
+
+def test_standardized_conditioning_layer_sees_raw_inputs_as_standardized():
+    torch.manual_seed(0)
+    samples = torch.randn(500, 7) * torch.tensor([0.02, 0.03, 0.02, 0.0, 0.0, 0.0, 0.4]) + torch.tensor(
+        [0.0, 0.0, 0.0, -3.0, 0.0, 0.0, 0.5])
+    layer = torch.nn.Linear(7, 5)
+    original = torch.nn.Linear(7, 5)
+    original.load_state_dict(layer.state_dict())
+    standardize_linear_input(layer, samples)
+    std = samples.std(0).clamp_min(MIN_STD)
+    torch.testing.assert_close(layer(samples), original((samples - samples.mean(0)) / std), rtol=1e-4, atol=1e-4)

@@ -21,6 +21,7 @@ import torch
 
 from world_model.config import PRESETS
 from world_model.model import WorldModel, load_world_model, resolve_device
+from world_model.training.conditioning import standardize_conditioning
 from world_model.training.data import ClipDataset, load_episodes
 from world_model.training.trainer import MODES, TrainConfig, Trainer
 
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     train_set, validation_set = dataset.split(args.validation_fraction, config.seed)
     torch.manual_seed(config.seed)
     model = build_model(config.mode, args.model, config.seed)
+    standardize_conditioning(model.predictor, train_set.real_actions(), train_set.states)
     provenance = {
         "command": command_line(args),
         "seed": config.seed,

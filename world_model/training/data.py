@@ -63,6 +63,11 @@ class ClipDataset:
     def __len__(self) -> int:
         return len(self.clip_starts)
 
+    def real_actions(self) -> torch.Tensor:
+        """(M, 7) every recorded action, without the zero padding of each episode's last frame."""
+        has_next = torch.cat([self.episode_index[1:] == self.episode_index[:-1], torch.tensor([False])])
+        return self.actions[has_next]
+
     def split(self, validation_fraction: float, seed: int) -> tuple["ClipDataset", "ClipDataset"]:
         """Split by episode, so validation clips come from episodes never trained on."""
         order = np.random.default_rng(seed).permutation(self.episode_count)

@@ -1,0 +1,63 @@
+"""`jepa-planner demo`: goal sampling, and one short episode end to end (real service, ZeroMQ, MuJoCo)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from server import cli, demo
+
+
+@pytest.fixture(scope="module")
+def arm():
+    from robot_bridge.sim import SimArm, SimConfig
+
+    sim = SimArm(SimConfig(image_height=32, image_width=32), seed=0)
+    yield sim
+    sim.close()
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_reach_goals_are_10_to_25_cm_away_inside_the_workspace_and_reachable(arm, index):
+    episode = demo._Episode(arm, np.random.default_rng([9, index]), "reach", index, seed=9)
+    offset = np.linalg.norm(episode.goal_position - episode.start_state[:3])
+    assert 0.10 <= offset <= 0.25
+    assert np.all(episode.goal_position >= demo.GOAL_LOW) and np.all(episode.goal_position <= demo.GOAL_HIGH)
+    assert episode.distance() == pytest.approx(offset)
+    # The goal image shows the arm somewhere else; rendering it left the simulation untouched.
+    assert not np.array_equal(episode.goal_image, episode.start_image)
+    np.testing.assert_array_equal(arm.render(), episode.start_image)
+
+
+def test_push_goals_move_the_cube_5_to_15_cm_and_keep_the_arm(arm):
+    episode = demo._Episode(arm, np.random.default_rng([9, 0]), "push", 0, seed=9)
+    offset = np.linalg.norm(episode.goal_position[:2] - arm.cube_position[:2])
+    assert 0.05 <= offset <= 0.15
+    assert episode.distance() == pytest.approx(offset)
+
+
+def test_one_episode_end_to_end_writes_media_and_a_json_summary(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--episodes", "1", "--steps", "3", "--random-init", "--model", "tiny", "--samples", "16",
+            "--iterations", "1", "--seed", "4", "--out", str(out), "--json"]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["episodes"] == 1 and summary["model"] == "random-init"
+    assert summary["successes"] == int(summary["mean_final_distance_m"] < summary["success_radius_m"])
+    assert summary["mean_plan_s"] > 0
+    for name in ("episode_00.gif", "episode_00.png", "energy.png", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    detail = json.loads((out / "summary.json").read_text())["episodes_detail"][0]
+    # Exactly the step budget of executed plans, each with its energy and the distance after it.
+    assert detail["moves"] == 3 and len(detail["energies"]) == 3 and len(detail["distances_m"]) == 3
+    # The arm holds when the loop ends, which only lets it settle where the last plan sent it.
+    assert detail["final_distance_m"] == pytest.approx(detail["distances_m"][-1], abs=0.005)
+
+
+def test_bad_arguments_are_refused(tmp_path, capsys):
+    assert cli.main(["demo", "--episodes", "0", "--out", str(tmp_path)]) == 2
+    assert "--episodes" in capsys.readouterr().err
+    assert cli.main(["demo", "--model", str(tmp_path / "missing.safetensors"), "--episodes", "1",
+                     "--out", str(tmp_path)]) == 1
+    assert "did not load" in capsys.readouterr().err
