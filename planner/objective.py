@@ -2,7 +2,7 @@
 
 An optimiser only ever calls ``objective.evaluate(actions (S, H, 7)) -> energies (S,)``. The
 objective owns everything model-side: the context and goal latents, chaining the imagined poses
-with the batched pose math, the KV-cached rollout of all samples at once (in memory-sized chunks),
+with the batched pose math, the KV-cached rollout of all samples at once (in memory- or cache-sized chunks),
 bf16 autocast and the energy. New optimisers and new energies never touch each other.
 """
 from __future__ import annotations
@@ -55,18 +55,30 @@ def as_state(state: torch.Tensor) -> torch.Tensor:
     return state
 
 
-def auto_max_batch(model: Rollout, horizon: int, device: torch.device, memory_fraction: float = 0.5) -> int | None:
-    """Largest sample chunk whose rollout fits in ``memory_fraction`` of the free CUDA memory.
+# On CPU, a chunk of about this many token rows per thread keeps one block's activations near the
+# core's cache: measured on the demo model (18 tokens per step, 1 thread), 64-sample chunks roll
+# out 256 samples ~14% faster than one 256-sample batch; with 2 threads 128 was best.
+CPU_ROWS_PER_THREAD = 1152
 
-    None (no chunking) off CUDA or for models that do not describe their predictor. Per sample a
-    cached rollout holds the K/V of every layer for all H frames, the widest activation of one
-    step, and the imagined frames; the estimate doubles that for allocator slack.
+
+def auto_max_batch(model: Rollout, horizon: int, device: torch.device, memory_fraction: float = 0.5) -> int | None:
+    """Sample chunk size for one rollout call; None (no chunking) for models that do not describe
+    their predictor.
+
+    CUDA: the largest chunk whose rollout fits in ``memory_fraction`` of the free memory. Per
+    sample a cached rollout holds the K/V of every layer for all H frames, the widest activation of
+    one step, and the imagined frames; the estimate doubles that for allocator slack.
+    CPU: a cache-sized chunk (`CPU_ROWS_PER_THREAD`).
     """
     predictor = getattr(getattr(model, "predictor", None), "config", None)
-    if device.type != "cuda" or predictor is None:
+    if predictor is None:
+        return None
+    tokens = predictor.tokens_per_frame + 2
+    if device.type == "cpu":
+        return max(1, CPU_ROWS_PER_THREAD * torch.get_num_threads() // tokens)
+    if device.type != "cuda":
         return None
     free_bytes, _ = torch.cuda.mem_get_info(device)
-    tokens = predictor.tokens_per_frame + 2
     width = predictor.predictor_embed_dim
     elements = (
         predictor.depth * 2 * horizon * tokens * width
