@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=int, default=2, help="imagined steps per rollout")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
     parser.add_argument("--images", type=int, default=8, help="images per encode call")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the results")
 
 
@@ -32,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     if min(args.samples, args.horizon, args.repeats, args.images) < 1:
         print("samples, horizon, repeats and images must be positive")
         return 2
+    if args.threads:
+        # A CPU shared with other jobs can be faster on fewer threads than cores.
+        torch.set_num_threads(args.threads)
     model = _load(args.preset, args.device, args.dtype)
     if args.horizon > model.max_horizon:
         print(f"horizon {args.horizon} exceeds this model's limit of {model.max_horizon}")
