@@ -32,6 +32,12 @@ DEMO_PLANNER = {"horizon": 1, "samples": 128, "topk": 10, "iterations": 4, "maxn
 GOAL_LOW = np.array([0.30, -0.22, 0.08])
 GOAL_HIGH = np.array([0.62, 0.22, 0.35])
 REACHABLE_TOLERANCE_M = 0.005
+# Push geometry (as the collector's push episodes): come down behind the cube with the gripper
+# closed, push through, then return to the start pose, which is what the final goal image shows.
+APPROACH_HEIGHT = 0.12
+PUSH_HEIGHT = 0.03
+BEHIND_CUBE = 0.09
+CONTACT_OFFSET = 0.04  # TCP-to-cube-centre distance while pushing (measured in the sim)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="demo", help="preset, .safetensors or .pt (default: the embedded demo model)")
     parser.add_argument("--random-init", action="store_true",
                         help="the control: the same architecture with random weights (seeded by --seed)")
-    parser.add_argument("--steps", type=int, default=30, help="control periods per episode (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="executed plans per episode (default 30 for reach, 60 for push)")
     parser.add_argument("--success-radius", type=float, default=None,
                         help="metres (default 0.05 for reach, 0.03 for push)")
     parser.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: the sim's, 4 Hz)")
@@ -69,6 +76,8 @@ class EpisodeResult:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")  # before the first `import mujoco`
+    if args.steps is None:
+        args.steps = 30 if args.task == "reach" else 60
     if args.episodes < 1 or args.steps < 1:
         print("jepa-planner demo: --episodes and --steps must be at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -137,10 +146,14 @@ def _run_episodes(args, model: str, planner: dict, radius: float, scratch: Path)
             for index in range(args.episodes):
                 rng = np.random.default_rng([args.seed, index])
                 episode = _Episode(arm, rng, args.task, index, args.seed)
-                goal_id = _upload_goal(http, episode.goal_image, f"{args.task} episode {index}")
+                goal_ids = [_upload_goal(http, image, f"{args.task} episode {index} goal {number}")
+                            for number, image in enumerate(episode.goal_images)]
                 robot_id = f"demo-{args.seed}-{index}"
-                session = http.post("/v1/sessions", json={"robot_id": robot_id, "goal_id": goal_id,
-                                                          "planner": {**planner, "seed": index}})
+                schedule = {}
+                if len(goal_ids) > 1:  # sub-goals get an equal share of the steps, the last one the rest
+                    schedule["subgoal_max_steps"] = args.steps // (len(goal_ids) + 1)
+                session = http.post("/v1/sessions", json={"robot_id": robot_id, "goal_ids": goal_ids,
+                                                          "planner": {**planner, "seed": index}, **schedule})
                 session.raise_for_status()
                 recorder = _Recorder(episode, index, args.steps)
                 # Raw frames: JPEG would change the 64 px pixels the model was trained on.
@@ -189,12 +202,34 @@ class _Episode:
         self.start_image = observation.image
         if task == "reach":
             self.goal_position = _sample_reach_goal(arm, rng, self.start_state)
-            goal_pose = self.start_state.copy()
-            goal_pose[:3] = self.goal_position
-            self.goal_image = arm.render_goal(goal_pose)
+            self.goal_images = [arm.render_goal(self._pose_at(self.goal_position))]
         else:
             self.goal_position = _sample_cube_goal(arm, rng)
-            self.goal_image = arm.render_goal(self.start_state, cube_position=self.goal_position)
+            self.goal_images = self._push_subgoals()
+        self.goal_image = self.goal_images[-1]
+
+    def _pose_at(self, position: np.ndarray, gripper: float | None = None) -> np.ndarray:
+        pose = self.start_state.copy()
+        pose[:3] = position
+        if gripper is not None:
+            pose[6] = gripper
+        return pose
+
+    def _push_subgoals(self) -> list[np.ndarray]:
+        """Visual sub-goals, as V-JEPA 2-AC plans multi-stage tasks: above and behind the cube,
+        down behind it, pushed through with the cube at its goal, and the final goal image."""
+        cube = self.arm.cube_position
+        direction = self.goal_position - cube
+        direction[2] = 0.0
+        direction /= np.linalg.norm(direction)
+        behind = cube - BEHIND_CUBE * direction
+        pushed = self.goal_position - CONTACT_OFFSET * direction
+        above, low = behind.copy(), behind.copy()
+        above[2], low[2], pushed[2] = APPROACH_HEIGHT, PUSH_HEIGHT, PUSH_HEIGHT
+        render = self.arm.render_goal
+        return [render(self._pose_at(above, 1.0)), render(self._pose_at(low, 1.0)),
+                render(self._pose_at(pushed, 1.0), cube_position=self.goal_position),
+                render(self.start_state, cube_position=self.goal_position)]
 
     def tracked_position(self) -> np.ndarray:
         """What the task moves: the end effector (reach) or the cube (push)."""

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
     parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip, help="max gradient norm; 0 = off")
+    parser.add_argument("--conditioning-init", choices=("standardized", "default"), default="standardized",
+                        help="standardized: scale the fresh action/state embeddings to the data's spread "
+                             "(see training/conditioning.py); default: the plain transformer init")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--episodes", type=int, default=None, help="use only the first N episodes")
     parser.add_argument("--validation-fraction", type=float, default=0.05, help="episodes held out for diagnostics")
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     train_set, validation_set = dataset.split(args.validation_fraction, config.seed)
     torch.manual_seed(config.seed)
     model = build_model(config.mode, args.model, config.seed)
-    standardize_conditioning(model.predictor, train_set.real_actions(), train_set.states)
+    if args.conditioning_init == "standardized":
+        standardize_conditioning(model.predictor, train_set.real_actions(), train_set.states)
     provenance = {
         "command": command_line(args),
         "seed": config.seed,
