@@ -59,10 +59,9 @@ def test_resume_continues_exactly_where_the_run_stopped(sim_data, tmp_path):
     uninterrupted = make_trainer(sim_data, tmp_path / "a", steps=8)
     uninterrupted.fit(show_progress=False)
 
-    interrupted = make_trainer(sim_data, tmp_path / "b", steps=8)
-    for _ in range(4):
-        interrupted.train_step()
-    interrupted.save_checkpoint()
+    interrupted = make_trainer(sim_data, tmp_path / "b", steps=8, until_step=4)
+    summary = interrupted.fit(show_progress=False)
+    assert summary["steps"] == 4 and summary["stopped_early"]
     torch.manual_seed(12345)  # a resumed process starts with unrelated RNG state
     resumed = make_trainer(sim_data, tmp_path / "b", steps=8)
     assert resumed.resume() and resumed.step == 4

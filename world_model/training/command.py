@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop (checkpoint + model saved) after this much training time")
+    parser.add_argument("--until-step", type=int, default=None,
+                        help="stop at this step of the --steps schedule (reproduces a run that --max-minutes ended)")
     parser.add_argument("--log-every", type=int, default=defaults.log_every)
     parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     parser.add_argument("--validate-every", type=int, default=defaults.validate_every, help="0 = only at the end")

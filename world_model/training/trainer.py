@@ -53,6 +53,8 @@ class TrainConfig:
     validate_every: int = 500
     validation_clips: int = 256  # clips per diagnostics pass (the periodic passes use half)
     max_minutes: float | None = None
+    until_step: int | None = None  # stop (checkpoint + model) at this step of the schedule, e.g. to
+                                   # reproduce a run that `max_minutes` ended early
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -162,7 +164,8 @@ class Trainer:
                           f"{self.elapsed_s:.0f} s", flush=True)
             if config.validate_every and self.step % config.validate_every == 0:
                 self.validate(clip_count=max(2, config.validation_clips // 2))
-            out_of_time = config.max_minutes is not None and self.elapsed_s > 60 * config.max_minutes
+            out_of_time = (config.max_minutes is not None and self.elapsed_s > 60 * config.max_minutes) or (
+                config.until_step is not None and self.step >= config.until_step)
             if self.step % config.checkpoint_every == 0 or out_of_time:
                 self.save_checkpoint()
             if out_of_time:
