@@ -27,8 +27,8 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, rows: torch.Te
     Why: torch's CPU matmul goes through MKL, whose sgemm runs a slow code path on AMD CPUs
     (measured ~90 GFLOP/s on one Zen core against ~210 GFLOP/s for oneDNN at the predictor's
     shapes). oneDNN also fuses the bias and the GELU into the matmul. Same arithmetic up to float
-    rounding. Autograd, autocast, float64, non-CPU tensors and hooked layers (the parity tests
-    capture activations with forward hooks) take the ordinary path.
+    rounding. Autograd, float64, non-CPU tensors and hooked layers (the parity tests capture
+    activations with forward hooks) take the ordinary path.
     """
     if layer._forward_hooks or layer._forward_pre_hooks:
         out = layer(x) if rows is None else layer(x)[..., rows]
@@ -36,16 +36,26 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, rows: torch.Te
     weight, bias = layer.weight, layer.bias
     if rows is not None:
         weight, bias = weight[rows], None if bias is None else bias[rows]
-    if (
-        _onednn_linear is not None
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32 == layer.weight.dtype
-        and not torch.is_autocast_enabled("cpu")
-        and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
-    ):
-        return _onednn_linear(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+    compute = _onednn_dtype(x, layer.weight)
+    if compute is not None:
+        # Under bf16 autocast this is what autocast does to a linear (inputs, weight and bias cast
+        # to bf16, bf16 out), with the GELU fused.
+        if bias is not None:
+            bias = bias.to(compute)
+        return _onednn_linear(x.to(compute), weight.to(compute), bias, "gelu" if gelu else "none", [], "none" if gelu else "")
     out = F.linear(x, weight, bias)
     return F.gelu(out) if gelu else out
+
+
+def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype a oneDNN linear computes in here (float32, or bf16 under CPU bf16 autocast), or None."""
+    if _onednn_linear is None or x.device.type != "cpu" or weight.dtype != torch.float32:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+    return torch.float32 if x.dtype == torch.float32 else None
 
 
 class MLP(nn.Module):
