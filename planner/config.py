@@ -40,7 +40,7 @@ class PlannerConfig(BaseModel):
     workspace_min: tuple[float, float, float] = (0.2, -0.6, 0.02)
     workspace_max: tuple[float, float, float] = (0.9, 0.6, 0.9)
     seed: Optional[int] = Field(0, description="noise seed; None draws a fresh seed per planner")
-    max_batch: Optional[int] = Field(None, ge=1, description="most samples per model call (None: all at once)")
+    max_batch: Optional[int] = Field(None, ge=1, description="most samples per model call (None: sized automatically from free device memory on CUDA and from cache size on CPU)")
     autocast_bf16: bool = Field(False, description="run the predictor under bf16 autocast")
     mppi_temperature: float = Field(
         0.1, gt=0.0, description="MPPI softmax temperature, as a fraction of the iteration's energy range"
