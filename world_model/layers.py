@@ -13,10 +13,22 @@ from functools import lru_cache
 
 from .rope import rotate_split_pairs, split_pairs_order
 
-try:
-    _onednn_linear = torch.ops.mkldnn._linear_pointwise
-except (AttributeError, RuntimeError):  # a torch build without oneDNN
-    _onednn_linear = None
+def _probe_onednn_linear():
+    """oneDNN's fused linear, if this torch build has it and it takes the arguments we pass.
+
+    It is a private op, so probe it once on a tiny input instead of trusting its signature.
+    """
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        x, w, b = torch.ones(2, 3), torch.ones(4, 3), torch.zeros(4)
+        if not torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b)):
+            return None
+        return op
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+
+
+_onednn_linear = _probe_onednn_linear()
 
 
 def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, rows: torch.Tensor | None = None) -> torch.Tensor:
