@@ -38,6 +38,9 @@ APPROACH_HEIGHT = 0.12
 PUSH_HEIGHT = 0.03
 BEHIND_CUBE = 0.09
 CONTACT_OFFSET = 0.04  # TCP-to-cube-centre distance while pushing (measured in the sim)
+# Observed L1 energy between the current image's latent and a sub-goal's: with the demo model,
+# 1 cm of end-effector offset gives 0.03-0.09 and 2 cm 0.09-0.16; 0.06 asks for about 1 cm.
+SUBGOAL_ENERGY = 0.06
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-init", action="store_true",
                         help="the control: the same architecture with random weights (seeded by --seed)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="executed plans per episode (default 30 for reach, 60 for push)")
+                        help="executed plans per episode (default 30 for reach, 80 for push)")
     parser.add_argument("--success-radius", type=float, default=None,
                         help="metres (default 0.05 for reach, 0.03 for push)")
     parser.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: the sim's, 4 Hz)")
@@ -69,6 +72,7 @@ class EpisodeResult:
     final_distance_m: float
     min_distance_m: float
     moves: int
+    goals_reached: int | None = None  # index of the (sub-)goal pursued when the episode ended
     plan_s: list[float] = field(default_factory=list)
     energies: list[float] = field(default_factory=list)
     distances_m: list[float] = field(default_factory=list)
@@ -77,7 +81,7 @@ class EpisodeResult:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")  # before the first `import mujoco`
     if args.steps is None:
-        args.steps = 30 if args.task == "reach" else 60
+        args.steps = 30 if args.task == "reach" else 80
     if args.episodes < 1 or args.steps < 1:
         print("jepa-planner demo: --episodes and --steps must be at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -150,8 +154,11 @@ def _run_episodes(args, model: str, planner: dict, radius: float, scratch: Path)
                             for number, image in enumerate(episode.goal_images)]
                 robot_id = f"demo-{args.seed}-{index}"
                 schedule = {}
-                if len(goal_ids) > 1:  # sub-goals get an equal share of the steps, the last one the rest
-                    schedule["subgoal_max_steps"] = args.steps // (len(goal_ids) + 1)
+                if len(goal_ids) > 1:
+                    # Move on once the image matches the sub-goal to within about 1 cm of arm motion
+                    # (SUBGOAL_ENERGY), or after an equal share of the steps; the last goal gets the rest.
+                    schedule = {"subgoal_max_steps": args.steps // (len(goal_ids) + 1),
+                                "subgoal_energy_threshold": SUBGOAL_ENERGY}
                 session = http.post("/v1/sessions", json={"robot_id": robot_id, "goal_ids": goal_ids,
                                                           "planner": {**planner, "seed": index}, **schedule})
                 session.raise_for_status()
@@ -166,13 +173,17 @@ def _run_episodes(args, model: str, planner: dict, radius: float, scratch: Path)
                     client.run(max_steps=10 * args.steps + 10)
                 finally:
                     client.close()
-                    http.post(f"/v1/sessions/{session.json()['id']}/stop")
+                    stopped = http.post(f"/v1/sessions/{session.json()['id']}/stop")
                 result = recorder.result(radius)
+                result.goals_reached = stopped.json()["goal_index"] if stopped.is_success else None
                 results.append(result)
                 write_episode_media(args.out, result.index, recorder.frames, episode.goal_image, result.final_distance_m)
                 print(f"episode {index + 1}/{args.episodes}: {'success' if result.success else 'failure'}, "
                       f"distance {100 * result.start_distance_m:.1f} -> {100 * result.final_distance_m:.1f} cm "
-                      f"in {result.moves} steps, plan {np.mean(result.plan_s or [np.nan]):.3f} s/action", flush=True)
+                      f"in {result.moves} steps, plan {np.mean(result.plan_s or [np.nan]):.3f} s/action"
+                      + (f", on sub-goal {result.goals_reached + 1}/{len(goal_ids)}"
+                         if len(goal_ids) > 1 and result.goals_reached is not None else ""),
+                      flush=True)
         finally:
             arm.close()
             http.close()
@@ -216,20 +227,23 @@ class _Episode:
         return pose
 
     def _push_subgoals(self) -> list[np.ndarray]:
-        """Visual sub-goals, as V-JEPA 2-AC plans multi-stage tasks: above and behind the cube,
-        down behind it, pushed through with the cube at its goal, and the final goal image."""
+        """Visual sub-goals, as V-JEPA 2-AC plans multi-stage tasks: above and behind the cube, down
+        behind it, pushed through (cube at its goal), lifted clear of it, and the final goal image."""
         cube = self.arm.cube_position
         direction = self.goal_position - cube
         direction[2] = 0.0
         direction /= np.linalg.norm(direction)
         behind = cube - BEHIND_CUBE * direction
         pushed = self.goal_position - CONTACT_OFFSET * direction
-        above, low = behind.copy(), behind.copy()
-        above[2], low[2], pushed[2] = APPROACH_HEIGHT, PUSH_HEIGHT, PUSH_HEIGHT
+        above, low, lifted = behind.copy(), behind.copy(), pushed.copy()
+        above[2] = lifted[2] = APPROACH_HEIGHT
+        low[2] = pushed[2] = PUSH_HEIGHT
         render = self.arm.render_goal
+        moved = self.goal_position
         return [render(self._pose_at(above, 1.0)), render(self._pose_at(low, 1.0)),
-                render(self._pose_at(pushed, 1.0), cube_position=self.goal_position),
-                render(self.start_state, cube_position=self.goal_position)]
+                render(self._pose_at(pushed, 1.0), cube_position=moved),
+                render(self._pose_at(lifted, 1.0), cube_position=moved),
+                render(self.start_state, cube_position=moved)]
 
     def tracked_position(self) -> np.ndarray:
         """What the task moves: the end effector (reach) or the cube (push)."""
