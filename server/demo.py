@@ -16,12 +16,12 @@ import json
 import os
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from robot_bridge.client import Subscriber
 from server.demo_media import plot_energies, write_episode_media
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -149,7 +149,7 @@ def _run_episodes(args, model: str, planner: dict, radius: float, scratch: Path)
             print(f"control rate {rate:.2f} Hz (each plan must arrive within one period)")
             for index in range(args.episodes):
                 rng = np.random.default_rng([args.seed, index])
-                episode = _Episode(arm, rng, args.task, index, args.seed)
+                episode = _Episode(arm, rng, args.task)
                 goal_ids = [_upload_goal(http, image, f"{args.task} episode {index} goal {number}")
                             for number, image in enumerate(episode.goal_images)]
                 robot_id = f"demo-{args.seed}-{index}"
@@ -205,7 +205,7 @@ def _run_episodes(args, model: str, planner: dict, radius: float, scratch: Path)
 class _Episode:
     """Start state and goal of one episode; deterministic in (seed, index)."""
 
-    def __init__(self, arm, rng: np.random.Generator, task: str, index: int, seed: int):
+    def __init__(self, arm, rng: np.random.Generator, task: str):
         self.task = task
         self.arm = arm
         observation = arm.reset(seed=int(rng.integers(2**31)), randomize_arm=task == "reach")
@@ -318,8 +318,8 @@ def _upload_goal(http, image: np.ndarray, name: str) -> str:
     return response.json()["id"]
 
 
-class _Recorder:
-    """Arm-client subscriber: frames, distances, energies and plan times; stops after `steps` moves."""
+class _Recorder(Subscriber):
+    """Arm-client subscriber: frames, distances, energies and plan times; stops after `steps` fresh plans."""
 
     def __init__(self, episode: _Episode, index: int, steps: int):
         self.episode = episode
@@ -331,10 +331,7 @@ class _Recorder:
         self.energies: list[float] = []
         self.plan_s: list[float] = []
         self._seen_actions: set[int] = set()
-        self.client = None
-
-    def on_start(self, hello) -> None:
-        pass
+        self.client = None  # the ArmClient to stop once the step budget is spent
 
     def on_step(self, step) -> None:
         # A control step is a fresh plan executed. Periods that only re-send an already executed
@@ -348,9 +345,6 @@ class _Recorder:
         self.frames.append(self.episode.arm.render())
         if len(self.distances) >= self.steps and self.client is not None:
             self.client.request_stop()
-
-    def on_end(self, summary) -> None:
-        pass
 
     def result(self, radius: float) -> EpisodeResult:
         final = self.episode.distance()
