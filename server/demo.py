@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=int, default=DEMO_PLANNER["horizon"], help="planning horizon")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for planning")
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="GIFs, PNGs, plot, summary.json")
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="GIFs, PNGs, plot, summary.json")
     parser.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
 
 
