@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metres (default 0.05 for reach, 0.03 for push)")
     parser.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: the sim's, 4 Hz)")
     parser.add_argument("--samples", type=int, default=DEMO_PLANNER["samples"], help="CEM samples per iteration")
+    parser.add_argument("--topk", type=int, default=DEMO_PLANNER["topk"], help="CEM elites per iteration")
     parser.add_argument("--iterations", type=int, default=DEMO_PLANNER["iterations"], help="CEM iterations")
     parser.add_argument("--horizon", type=int, default=DEMO_PLANNER["horizon"], help="planning horizon")
     parser.add_argument("--device", default="auto")
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     radius = args.success_radius if args.success_radius is not None else (0.05 if args.task == "reach" else 0.03)
-    planner = {**DEMO_PLANNER, "samples": args.samples, "iterations": args.iterations, "horizon": args.horizon}
+    planner = {**DEMO_PLANNER, "samples": args.samples, "topk": args.topk, "iterations": args.iterations,
+               "horizon": args.horizon}
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="jepa-demo-") as scratch:
         try:
