@@ -152,3 +152,19 @@ def test_compiled_model_matches_eager():
     torch.testing.assert_close(compiled.encode(image), context, atol=1e-5, rtol=0)
     actions, states = _actions_states(samples=8, horizon=2)
     torch.testing.assert_close(compiled.rollout(context, actions, states), eager.rollout(context, actions, states), atol=1e-5, rtol=0)
+
+
+def test_training_after_inference_mode_use_still_backpropagates():
+    """Memoised RoPE tables, qkv orders and masks must not be inference tensors: a trainer that
+    ran `encode`/`rollout` (inference mode) for diagnostics then trains on the same modules."""
+    wm = WorldModel.from_config(PRESETS["tiny"], seed=0)
+    latent = wm.encode(np.zeros((48, 48, 3), np.uint8))
+    wm.rollout(latent, torch.zeros(2, 2, 7), torch.zeros(2, 2, 7))
+    with torch.inference_mode():
+        wm.predictor(torch.zeros(1, 18, 96), torch.zeros(1, 2, 7), torch.zeros(1, 2, 7))
+
+    features = wm.encoder(torch.randn(1, 3, 2, 48, 48))
+    prediction = wm.predictor(features.repeat(1, 2, 1), torch.zeros(1, 2, 7), torch.zeros(1, 2, 7))
+    (features.square().mean() + prediction.square().mean()).backward()
+    grads = [p.grad for p in wm.predictor.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -113,9 +113,11 @@ class KVCache:
 @lru_cache
 def _qkv_rows(num_heads: int, head_dim: int, device: torch.device) -> torch.Tensor:
     """qkv output order with every query and key head in `split_pairs_order` (values untouched)."""
-    heads = torch.arange(num_heads)[:, None] * head_dim + split_pairs_order(head_dim)
-    dim = num_heads * head_dim
-    return torch.cat([heads.flatten(), dim + heads.flatten(), torch.arange(2 * dim, 3 * dim)]).to(device)
+    # Memoised across calls, so never an inference tensor: training reuses it under autograd.
+    with torch.inference_mode(False):
+        heads = torch.arange(num_heads)[:, None] * head_dim + split_pairs_order(head_dim)
+        dim = num_heads * head_dim
+        return torch.cat([heads.flatten(), dim + heads.flatten(), torch.arange(2 * dim, 3 * dim)]).to(device)
 
 
 class Attention(nn.Module):

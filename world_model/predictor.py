@@ -143,7 +143,8 @@ class ACPredictor(nn.Module):
     def _mask(self, frames: int, device: torch.device) -> torch.Tensor:
         key = (frames, device)
         if key not in self._masks:
-            self._masks[key] = block_causal_mask(frames, self.tokens_per_step, device)
+            with torch.inference_mode(False):  # memoised, so usable under autograd later
+                self._masks[key] = block_causal_mask(frames, self.tokens_per_step, device)
         return self._masks[key]
 
     def _check_inputs(self, actions: torch.Tensor, states: torch.Tensor, frames: int) -> None:

@@ -118,8 +118,10 @@ class RopeTableCache:
         full_key = (key, device, dtype)
         tables = self._tables.get(full_key)
         if tables is None:
-            order = split_pairs_order(self.head_dim)
-            cos, signed_sin = (table[:, order] for table in rope_tables(positions_fn(), self.head_dim))
-            tables = (cos.to(device=device, dtype=dtype), signed_sin.to(device=device, dtype=dtype))
+            # Memoised across calls, so never an inference tensor: training reuses it under autograd.
+            with torch.inference_mode(False):
+                order = split_pairs_order(self.head_dim)
+                cos, signed_sin = (table[:, order] for table in rope_tables(positions_fn(), self.head_dim))
+                tables = (cos.to(device=device, dtype=dtype), signed_sin.to(device=device, dtype=dtype))
             self._tables[full_key] = tables
         return tables
