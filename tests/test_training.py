@@ -11,6 +11,7 @@ import torch
 from robot_bridge import collect
 from server import cli
 from world_model import PRESETS, WorldModel, load_world_model
+from world_model.training.command import build_model
 from world_model.training.conditioning import MIN_STD, standardize_linear_input
 from world_model.training.data import ClipDataset, load_episodes
 from world_model.training.ema import ema_update, make_target
@@ -180,3 +181,26 @@ def test_standardized_conditioning_layer_sees_raw_inputs_as_standardized():
     standardize_linear_input(layer, samples)
     std = samples.std(0).clamp_min(MIN_STD)
     torch.testing.assert_close(layer(samples), original((samples - samples.mean(0)) / std), rtol=1e-4, atol=1e-4)
+
+
+def test_held_still_clips_repeat_the_first_frame_with_zero_actions():
+    episodes = [(np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3), np.arange(42, dtype=np.float32).reshape(6, 7),
+                 np.ones((5, 7), np.float32))]
+    clips = ClipDataset(episodes, clip_frames=3).clips(torch.tensor([0, 2]))
+    still = clips.held_still(torch.tensor([False, True]))
+    assert torch.equal(still.frames[0], clips.frames[0]) and torch.equal(still.actions[0], clips.actions[0])
+    assert torch.equal(still.frames[1], clips.frames[1, :1].expand_as(clips.frames[1]))
+    assert torch.equal(still.states[1], clips.states[1, :1].expand_as(clips.states[1]))
+    assert not still.actions[1].any()
+
+
+def test_from_pixels_can_continue_from_a_saved_model(tmp_path):
+    saved = WorldModel.from_config(PRESETS["tiny"], seed=5)
+    saved.save(tmp_path / "model.safetensors")
+    model, fresh_predictor = build_model("from-pixels", str(tmp_path / "model.safetensors"), seed=0)
+    assert not fresh_predictor  # so the trained conditioning weights are not re-standardised
+    for name, value in saved.predictor.state_dict().items():
+        torch.testing.assert_close(model.predictor.state_dict()[name], value)
+    assert all(p.requires_grad for p in model.encoder.parameters())
+    _, fresh_predictor = build_model("from-pixels", "tiny", seed=0)
+    assert fresh_predictor

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="from-pixels: encoder + predictor with an EMA target encoder; "
                              "post-train: frozen encoder, predictor trained from scratch (official DROID recipe)")
     parser.add_argument("--model", default="demo",
-                        help="from-pixels: the AC preset whose architecture is initialised randomly; "
+                        help="from-pixels: the AC preset whose architecture is initialised randomly, or a "
+                             ".safetensors model to continue training; "
                              "post-train: the frozen encoder's source (demo = the embedded model, released .pt, .safetensors)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -53,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conditioning-init", choices=("standardized", "default"), default="standardized",
                         help="standardized: scale the fresh action/state embeddings to the data's spread "
                              "(see training/conditioning.py); default: the plain transformer init")
+    parser.add_argument("--static-fraction", type=float, default=defaults.static_fraction,
+                        help="fraction of clips replaced by the arm holding still (zero actions, repeated "
+                             "frame), so that 'do nothing' is predicted well; see TrainConfig")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--episodes", type=int, default=None, help="use only the first N episodes")
     parser.add_argument("--validation-fraction", type=float, default=0.05, help="episodes held out for diagnostics")
@@ -89,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = ClipDataset(episodes, config.clip_frames)
     train_set, validation_set = dataset.split(args.validation_fraction, config.seed)
     torch.manual_seed(config.seed)
-    model = build_model(config.mode, args.model, config.seed)
-    if args.conditioning_init == "standardized":
+    model, fresh_predictor = build_model(config.mode, args.model, config.seed)
+    if fresh_predictor and args.conditioning_init == "standardized":
         standardize_conditioning(model.predictor, train_set.real_actions(), train_set.states)
     provenance = {
         "command": command_line(args),
@@ -118,15 +122,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_model(mode: str, source: str, seed: int) -> WorldModel:
-    """from-pixels: a fresh model of the preset; post-train: the source's encoder, a fresh predictor."""
+def build_model(mode: str, source: str, seed: int) -> tuple[WorldModel, bool]:
+    """(model, whether its predictor is freshly initialised).
+
+    from-pixels: a fresh model of a preset, or a saved model to continue training (fine-tuning);
+    post-train: the source's encoder and a fresh predictor.
+    """
     if mode == "from-pixels":
-        if source not in PRESETS:
-            raise ValueError(f"--model for from-pixels must be a preset ({', '.join(PRESETS)}), got {source!r}")
-        return WorldModel.from_config(PRESETS[source], seed)
+        if source in PRESETS:
+            return WorldModel.from_config(PRESETS[source], seed), True
+        loaded = load_world_model(source, device="cpu")
+        return WorldModel(loaded.encoder.requires_grad_(True), loaded.predictor.requires_grad_(True)), False
     loaded = load_world_model(source, device="cpu")
     fresh = WorldModel.from_config(loaded.config, seed)
-    return WorldModel(loaded.encoder.requires_grad_(False), fresh.predictor.requires_grad_(True))
+    return WorldModel(loaded.encoder.requires_grad_(False), fresh.predictor.requires_grad_(True)), True
 
 
 def export_world_model(path: Path, encoder: torch.nn.Module, predictor: torch.nn.Module, metadata: dict) -> None:

@@ -17,6 +17,14 @@ class Clips:
     states: torch.Tensor    # (B, T, 7) float32, state of each frame
     actions: torch.Tensor   # (B, T-1, 7) float32, action t takes frame t to frame t+1
 
+    def held_still(self, mask: torch.Tensor) -> "Clips":
+        """The clips selected by `mask` (B,) replaced by the arm holding still at their first frame."""
+        frames, states, actions = self.frames.clone(), self.states.clone(), self.actions.clone()
+        frames[mask] = frames[mask, :1]
+        states[mask] = states[mask, :1]
+        actions[mask] = 0.0
+        return Clips(frames, states, actions)
+
     def to(self, device: torch.device) -> "Clips":
         return Clips(self.frames.to(device, non_blocking=True), self.states.to(device, non_blocking=True),
                      self.actions.to(device, non_blocking=True))

@@ -46,6 +46,10 @@ class TrainConfig:
     weight_decay: float = 0.04
     ema_decay: float = 0.996
     grad_clip: float = 1.0
+    # Exploration data almost never holds still, so a fresh model predicts "do nothing" badly, and
+    # a planner at its goal then drifts. Holding still is a real transition of a deterministic
+    # scene (same frame, zero action, same state), so this fraction of each batch is made of them.
+    static_fraction: float = 0.0
     seed: int = 0
     bf16: bool = False
     log_every: int = 25
@@ -61,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
+        if not 0.0 <= self.static_fraction < 1.0:
+            raise ValueError(f"static_fraction must be in [0, 1), got {self.static_fraction}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.warmup_steps + self.decay_steps > self.steps:
@@ -115,7 +121,10 @@ class Trainer:
         lr = warmup_stable_decay(self.step, config.steps, config.lr, config.warmup_steps, config.decay_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        clips = self.train_set.sample(config.batch_size, self.generator).to(self.device)
+        clips = self.train_set.sample(config.batch_size, self.generator)
+        if config.static_fraction > 0:
+            clips = clips.held_still(torch.rand(config.batch_size, generator=self.generator) < config.static_fraction)
+        clips = clips.to(self.device)
         with self._autocast():
             if self.target_encoder is not None:
                 context = encode_frames(self.encoder, clips.frames)
