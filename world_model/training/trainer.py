@@ -173,8 +173,9 @@ class Trainer:
                           f"{self.elapsed_s:.0f} s", flush=True)
             if config.validate_every and self.step % config.validate_every == 0:
                 self.validate(clip_count=max(2, config.validation_clips // 2))
-            out_of_time = (config.max_minutes is not None and self.elapsed_s > 60 * config.max_minutes) or (
-                config.until_step is not None and self.step >= config.until_step)
+            out_of_time = self.step < config.steps and (
+                (config.max_minutes is not None and self.elapsed_s > 60 * config.max_minutes)
+                or (config.until_step is not None and self.step >= config.until_step))
             if self.step % config.checkpoint_every == 0 or out_of_time:
                 self.save_checkpoint()
             if out_of_time:
