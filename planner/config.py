@@ -39,6 +39,11 @@ class PlannerConfig(BaseModel):
     )
     workspace_min: tuple[float, float, float] = (0.2, -0.6, 0.02)
     workspace_max: tuple[float, float, float] = (0.9, 0.6, 0.9)
+    arrival_energy: Optional[float] = Field(
+        None, ge=0.0, allow_inf_nan=False,
+        description="hold (zero action, no planning) while the observed latent is this close to the final goal; "
+        "None always plans. Stops a reach from dithering around its goal.",
+    )
     seed: Optional[int] = Field(0, description="noise seed; None draws a fresh seed per planner")
     max_batch: Optional[int] = Field(None, ge=1, description="most samples per model call (None: sized automatically from free device memory on CUDA and from cache size on CPU)")
     autocast_bf16: bool = Field(False, description="run the predictor under bf16 autocast")

@@ -103,6 +103,8 @@ class RecedingHorizonController:
                 f"current latent {tuple(latent.shape)} and goal latent {tuple(self.goals[self.goal_index].latent.shape)} differ in shape"
             )
         goal_energy = self._advance_schedule(latent)
+        if self._arrived(goal_energy):
+            return self._hold_step(state, goal_energy)
         objective = GoalObjective(
             self.model,
             latent,
@@ -127,6 +129,26 @@ class RecedingHorizonController:
             goal_energy=goal_energy,
             goal_index=self.goal_index,
             planning_seconds=planning_seconds,
+        )
+
+    def _arrived(self, goal_energy: float) -> bool:
+        """On the final goal and observed within `arrival_energy` of it: nothing left to plan."""
+        threshold = self.config.arrival_energy
+        return threshold is not None and self.goal_index == len(self.goals) - 1 and goal_energy < threshold
+
+    def _hold_step(self, state: torch.Tensor, goal_energy: float) -> ControlStep:
+        """Stay where we are; the next step plans afresh if the arm drifts off the goal."""
+        self.warm_start = None
+        self.steps_on_goal += 1
+        action, target = self._within_limits(state, torch.zeros(7))
+        return ControlStep(
+            action=action,
+            target_pose=target,
+            plan=torch.zeros(self.config.horizon, 7),
+            energy=goal_energy,
+            goal_energy=goal_energy,
+            goal_index=self.goal_index,
+            planning_seconds=0.0,
         )
 
     def _advance_schedule(self, latent: torch.Tensor) -> float:

@@ -59,6 +59,26 @@ def test_sub_goal_switches_when_its_energy_falls_below_threshold():
     assert controller.goal_index == 0 and controller.warm_start is None
 
 
+def test_holds_on_arrival_at_the_final_goal_and_plans_again_when_off_it():
+    world = BlobWorld()
+    goal = (0.55, 0.05, 0.3)
+    controller = RecedingHorizonController(world, PlannerConfig(**FAST, arrival_energy=1e-3), blob(world, goal))
+    at_goal = controller.step(blob(world, goal), pose(goal))
+    assert torch.count_nonzero(at_goal.action) == 0 and at_goal.planning_seconds == 0.0
+    torch.testing.assert_close(at_goal.target_pose, pose(goal))
+    away = controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)))
+    assert away.action[0] > 0.01 and away.planning_seconds > 0  # off the goal: plans toward it
+
+
+def test_arrival_does_not_apply_to_intermediate_sub_goals():
+    world = BlobWorld()
+    first, second = (0.55, 0.0, 0.3), (0.45, 0.0, 0.3)
+    goals = [SubGoal(blob(world, first), max_steps=5), SubGoal(blob(world, second))]
+    controller = RecedingHorizonController(world, PlannerConfig(**FAST, arrival_energy=1e-3), goals)
+    on_first = controller.step(blob(world, first), pose(first))
+    assert on_first.goal_index == 0 and on_first.planning_seconds > 0
+
+
 def test_warm_start_is_the_previous_plan_shifted_and_seeds_the_next_search():
     world = BlobWorld()
     config = PlannerConfig(horizon=2, samples=16, topk=4, iterations=1)
