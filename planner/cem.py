@@ -24,6 +24,11 @@ from planner.search import (
 
 
 class CEM(SamplingOptimizer):
+    def fit(self, candidates: torch.Tensor, energies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distribution this iteration's scores point to: mean and unbiased std of the top-k."""
+        elites = candidates[torch.topk(energies, self.config.topk, largest=False).indices]
+        return elites.mean(dim=0), elites.std(dim=0, correction=1)
+
     @torch.inference_mode()
     def solve(self, objective: Objective, warm_start: SearchState | None = None) -> Plan:
         config = self.config
@@ -37,9 +42,9 @@ class CEM(SamplingOptimizer):
             candidates = clip_to_limits(mean + std * noise.standard_normal(config.samples, config.horizon, device), config.maxnorm)
             energies = objective.evaluate(to_actions(candidates))
             iteration_energies.append(energies)
-            elites = candidates[torch.topk(energies, config.topk, largest=False).indices]
-            mean = (1 - mean_momentum) * elites.mean(dim=0) + mean_momentum * mean
-            std = (1 - std_momentum) * elites.std(dim=0, correction=1) + std_momentum * std
+            fitted_mean, fitted_std = self.fit(candidates, energies)
+            mean = (1 - mean_momentum) * fitted_mean + mean_momentum * mean
+            std = (1 - std_momentum) * fitted_std + std_momentum * std
         return Plan(
             actions=final_actions(mean),
             energy=iteration_energies[-1].min(),
