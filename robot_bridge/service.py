@@ -264,8 +264,9 @@ class BridgeService:
                 frames = self._router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._count("messages_received")
-            self._count("bytes_received", sum(len(f) for f in frames))
+            with self._counts_lock:   # one lock round-trip per frame, not two
+                self._counts["messages_received"] += 1
+                self._counts["bytes_received"] += sum(len(f) for f in frames)
             routing_id = frames[0]
             if len(frames) != 2:
                 self._reply_error(routing_id, ProtocolError(
