@@ -134,13 +134,7 @@ def _bare_planning_ms(service, session_id: str, image: bytes, repeats: int) -> f
     """The same work an act does (decode, encode, plan) on the same worker, without HTTP or storage."""
     from .images import decode_image
 
-    record = service.sessions.get(session_id)
-
-    def build(engine):
-        latents = [service.goals.latent(engine, goal_id) for goal_id in record.goal_ids]
-        return engine.new_session_planner(latents, record.planner, record.schedule)
-
-    planner = service.worker.call_blocking(build)
+    planner = service.worker.call_blocking(service.sessions.build_planner, service.sessions.get(session_id))
 
     def plan_once(engine) -> None:
         pixels = decode_image(image, service.settings.max_image_pixels).pixels

@@ -164,8 +164,7 @@ class SessionRegistry:
         started = time.perf_counter()
         try:
             if live.planner is None:
-                goal_latents = [self.goals.latent(engine, goal_id) for goal_id in live.record.goal_ids]
-                live.planner = engine.new_session_planner(goal_latents, live.record.planner, live.record.schedule)
+                live.planner = self.build_planner(engine, live.record)
             plan: PlanStep = live.planner.step(engine.encode(pixels), state)
         except ServiceError:
             raise
@@ -197,6 +196,11 @@ class SessionRegistry:
             target_pose=None if plan.target_pose is None else [float(v) for v in plan.target_pose],
             energy=step.energy, goal_index=step.goal_index, plan_ms=step.plan_ms, total_ms=total_ms,
         )
+
+    def build_planner(self, engine: Engine, record: SessionRecord) -> SessionPlanner:
+        """Worker thread only: a fresh planner for `record` (goal latents from the library's cache)."""
+        goal_latents = [self.goals.latent(engine, goal_id) for goal_id in record.goal_ids]
+        return engine.new_session_planner(goal_latents, record.planner, record.schedule)
 
     def _active_for_robot(self, robot_id: str) -> _LiveSession | None:
         return next((live for live in self._live.values() if live.record.robot_id == robot_id), None)
