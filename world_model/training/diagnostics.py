@@ -88,7 +88,7 @@ def _energy_landscape(predictor: torch.nn.Module, latents: torch.Tensor, clips, 
         state = clips.states[index, 0].expand(len(grid), 1, 7)
         predicted = normalize_latents(predictor(context, candidates[:, None], state))
         energy = (predicted - latents[index, 1]).abs().mean(dim=(1, 2))
-        best = grid[energy.argmin()]
+        best = grid[energy.argmin().view(1)][0]  # a tensor index: indexing by a 0-d tensor syncs to read it
         argmin_errors.append((best - true_action[:3]).norm())
         random_errors.append((grid - true_action[:3]).norm(dim=1).mean())
     return {
