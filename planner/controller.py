@@ -72,6 +72,7 @@ class RecedingHorizonController:
         self.device = torch.device(model.device)
         self._workspace_min = torch.tensor(config.workspace_min)
         self._workspace_max = torch.tensor(config.workspace_max)
+        self._initial_std = initial_state(config, self.device).std  # warm starts reset to it (shifted() clones)
         self.set_goals(goals)
 
     def set_goals(self, goals: torch.Tensor | SubGoal | Sequence[SubGoal]) -> None:
@@ -118,13 +119,14 @@ class RecedingHorizonController:
         plan = self.optimizer.solve(objective, self.warm_start)
         energy = float(plan.energy)  # the one host sync of a control step (also ends the device work)
         planning_seconds = time.perf_counter() - started
-        self.warm_start = plan.state.shifted(initial_state(self.config, self.device).std)
+        self.warm_start = plan.state.shifted(self._initial_std)
         self.steps_on_goal += 1
-        action, target = self._within_limits(state, plan.actions[0].float().cpu())
+        actions = plan.actions.float().cpu()  # one device-to-host copy of the whole plan
+        action, target = self._within_limits(state, actions[0])
         return ControlStep(
             action=action,
             target_pose=target,
-            plan=plan.actions.float().cpu(),
+            plan=actions,
             energy=energy,
             goal_energy=goal_energy,
             goal_index=self.goal_index,
