@@ -9,6 +9,8 @@ all steps first gives the same numbers.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from planner.objective import Objective
@@ -23,11 +25,27 @@ from planner.search import (
 )
 
 
+class EliteFit(NamedTuple):
+    """The top-k lowest-energy candidates of one iteration and the distribution they point to."""
+
+    elites: torch.Tensor  # (k, H, 4), best first
+    energies: torch.Tensor  # (k,) their energies, ascending
+    mean: torch.Tensor  # (H, 4)
+    std: torch.Tensor  # (H, 4) unbiased
+
+
+def fit_elites(candidates: torch.Tensor, energies: torch.Tensor, topk: int) -> EliteFit:
+    """(S, H, 4) candidates and their (S,) energies -> the top-k, their mean and unbiased std."""
+    best = torch.topk(energies, topk, largest=False)  # sorted, best first
+    elites = candidates[best.indices]
+    return EliteFit(elites, best.values, elites.mean(dim=0), elites.std(dim=0, correction=1))
+
+
 class CEM(SamplingOptimizer):
     def fit(self, candidates: torch.Tensor, energies: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The distribution this iteration's scores point to: mean and unbiased std of the top-k."""
-        elites = candidates[torch.topk(energies, self.config.topk, largest=False).indices]
-        return elites.mean(dim=0), elites.std(dim=0, correction=1)
+        elite_fit = fit_elites(candidates, energies, self.config.topk)
+        return elite_fit.mean, elite_fit.std
 
     @torch.inference_mode()
     def solve(self, objective: Objective, warm_start: SearchState | None = None) -> Plan:

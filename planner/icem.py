@@ -15,6 +15,9 @@ import math
 
 import torch
 
+from planner.cem import fit_elites
+from planner.config import PlannerConfig
+from planner.noise import NoiseSource
 from planner.objective import Objective
 from planner.search import (
     Plan,
@@ -50,6 +53,16 @@ def coloured_noise_mixer(horizon: int, beta: float) -> torch.Tensor:
 
 
 class ICEM(SamplingOptimizer):
+    def __init__(self, config: PlannerConfig, noise: NoiseSource | None = None):
+        super().__init__(config, noise)
+        self._mixer = coloured_noise_mixer(config.horizon, config.icem_noise_beta)
+
+    def _mixer_on(self, device: torch.device) -> torch.Tensor:
+        """The mixer on ``device``, copied there once (later solves reuse it)."""
+        if self._mixer.device != device:
+            self._mixer = self._mixer.to(device)
+        return self._mixer
+
     @torch.inference_mode()
     def solve(self, objective: Objective, warm_start: SearchState | None = None) -> Plan:
         config = self.config
@@ -57,7 +70,7 @@ class ICEM(SamplingOptimizer):
         noise = self._noise_for(device)
         state = self.start(objective, warm_start)
         mean, std, carried = state.mean, state.std, state.elites
-        mixer = coloured_noise_mixer(config.horizon, config.icem_noise_beta).to(device)
+        mixer = self._mixer_on(device)
         mean_momentum, std_momentum = momentum_weights(config, device)
         keep = round(config.icem_keep_elites * config.topk)
         iteration_energies = []
@@ -69,14 +82,13 @@ class ICEM(SamplingOptimizer):
             candidates = torch.cat(pool)
             energies = objective.evaluate(to_actions(candidates))
             iteration_energies.append(energies)
-            best = torch.topk(energies, config.topk, largest=False).indices  # sorted, best first
-            elites = candidates[best]
-            carried = elites
-            mean = (1 - mean_momentum) * elites.mean(dim=0) + mean_momentum * mean
-            std = (1 - std_momentum) * elites.std(dim=0, correction=1) + std_momentum * std
+            elite_fit = fit_elites(candidates, energies, config.topk)
+            carried = elite_fit.elites
+            mean = (1 - mean_momentum) * elite_fit.mean + mean_momentum * mean
+            std = (1 - std_momentum) * elite_fit.std + std_momentum * std
         return Plan(
-            actions=final_actions(elites[0]),
-            energy=energies[best[0]],
+            actions=final_actions(elite_fit.elites[0]),
+            energy=elite_fit.energies[0],
             state=SearchState(mean=mean, std=std, elites=carried),
             iteration_energies=iteration_energies,
         )
