@@ -35,14 +35,15 @@ def coloured_noise_mixer(horizon: int, beta: float) -> torch.Tensor:
 
     The spectrum is laid over a circular window 4x the horizon (a horizon-length window makes
     1- and 2-step noise white). Its autocovariance at lag m is
-    s_0^2 + 4 * sum_{0<k<n/2} s_k^2 cos(2 pi k m / n) + s_{n/2}^2 cos(pi m), with s_k = f_k^(-beta/2)
-    and the zero frequency clipped to the lowest non-zero one.
+    s_0^2 + 2 * sum_{0<k<n/2} s_k^2 cos(2 pi k m / n) + s_{n/2}^2 cos(pi m), with s_k = f_k^(-beta/2)
+    and the zero frequency clipped to the lowest non-zero one: each frequency strictly between 0
+    and Nyquist stands for itself and its mirror n - k, hence the 2.
     """
     window = 4 * horizon
     frequencies = torch.arange(window // 2 + 1, dtype=torch.float64) / window
     frequencies[0] = 1.0 / window
     power = frequencies ** (-beta)
-    weights = torch.full_like(power, 4.0)
+    weights = torch.full_like(power, 2.0)
     weights[0] = 1.0
     weights[-1] = 1.0  # the Nyquist term (window is even)
     lags = torch.arange(horizon, dtype=torch.float64)
