@@ -7,12 +7,13 @@ from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from .errors import ServiceError
 from .middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware, UnexpectedErrorMiddleware
 from .routes import goals, health, model, sessions
+from .schemas import error_body
 from .service import PlanningService
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,15 @@ def create_app(service: PlanningService) -> FastAPI:
     return app
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(code, message), status_code=status, headers=headers, media_type="application/json")
 
 
-async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
+async def _service_error(_: Request, error: ServiceError) -> Response:
     return error_response(error.status, error.code, error.message)
 
 
-async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+async def _http_error(request: Request, error: HTTPException) -> Response:
     status = HTTPStatus(error.status_code)
     code = _HTTP_CODES.get(error.status_code) or status.phrase.lower().replace(" ", "_").replace("-", "_")
     if error.status_code == 404 and error.detail == status.phrase:
@@ -77,7 +78,7 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     return error_response(error.status_code, code, message, getattr(error, "headers", None))
 
 
-async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+async def _validation_error(_: Request, error: RequestValidationError) -> Response:
     problems = []
     for item in error.errors()[:10]:
         where = ".".join(str(part) for part in item.get("loc", ()) if part != "body") or "request"
@@ -85,7 +86,7 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
     return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
 
 
-async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+async def _unexpected_error(request: Request, error: Exception) -> Response:
     # The traceback goes to the server log only; the client learns nothing about internals.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return error_response(500, "internal_error", "internal server error; the details are in the service log")

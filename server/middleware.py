@@ -1,7 +1,6 @@
 """Pure ASGI middleware: unexpected errors as JSON, request body size limit, request metrics."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -9,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import ServiceMetrics
+from .schemas import error_body
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class RequestMetricsMiddleware:
 
 
 async def send_error(send: Send, status: int, code: str, message: str, close: bool = True) -> None:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = error_body(code, message)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status,
                 "headers": headers + [(b"connection", b"close")] if close else headers})

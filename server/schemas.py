@@ -30,6 +30,11 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def error_body(code: str, message: str) -> bytes:
+    """The JSON body of every error answer, from the app's handlers and from the ASGI middleware alike."""
+    return ErrorResponse(error=ErrorDetail(code=code, message=message)).model_dump_json().encode()
+
+
 class Goal(BaseModel):
     id: str
     name: str | None
