@@ -32,6 +32,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def frame_latents(encoder: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
+    """Preprocessed (B, 3, S, S) -> (B, N, D) normalised latents, as the AC pipeline encodes
+    frames (SPEC section 4): each image is repeated into its own 2-frame tubelet, encoded, then
+    LayerNorm-ed without parameters. The one place for it: `WorldModel` and training both call it."""
+    tubelet = encoder.config.tubelet_size
+    return normalize_latents(encoder(pixels[:, :, None].expand(-1, -1, tubelet, -1, -1)))
+
+
 class WorldModel(nn.Module):
     """Encoder + AC predictor. `encode` and `rollout` run under `torch.inference_mode`.
 
@@ -103,12 +111,12 @@ class WorldModel(nn.Module):
             return self.encode_pixels(pixels)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Preprocessed (B, 3, S, S) -> (B, N, D) normalised latents; each image is its own 2-frame
-        tubelet. Not under inference mode, so training code can call it inside `torch.no_grad()`."""
-        tubelet = self.encoder.config.tubelet_size
-        clip = pixels.to(self.device, self.predictor.predictor_proj.weight.dtype)[:, :, None].expand(-1, -1, tubelet, -1, -1)
+        """Preprocessed (B, 3, S, S) -> (B, N, D) normalised latents (`frame_latents` in the model's
+        device, dtype and autocast). Not under inference mode, so training code can call it inside
+        `torch.no_grad()`."""
+        pixels = pixels.to(self.device, self.predictor.predictor_proj.weight.dtype)
         with self._autocast():
-            latents = normalize_latents(self.encoder(clip))
+            latents = frame_latents(self.encoder, pixels)
         return latents.float() if self.autocast_dtype else latents
 
     def rollout(
