@@ -29,6 +29,12 @@ class SessionPlanner(Protocol):
 
     def step(self, observation_latent: Any, state: list[float]) -> PlanStep: ...
 
+    def snapshot(self) -> Any:
+        """Where the planner stands now (schedule position, warm start)."""
+
+    def restore(self, snapshot: Any) -> None:
+        """Back to `snapshot`: undoes steps whose plans never reached the robot."""
+
 
 class Engine(Protocol):
     source: str
@@ -131,6 +137,15 @@ class _ControllerPlanner:
         result = self.controller.step(observation_latent, torch.tensor(state, dtype=torch.float32))
         return PlanStep(action=result.action.tolist(), target_pose=result.target_pose.tolist(), energy=result.energy,
                         goal_index=result.goal_index, plan_ms=result.planning_seconds * 1000.0)
+
+    def snapshot(self) -> tuple:
+        # The warm start is an immutable SearchState (a step replaces it), so holding it is enough.
+        controller = self.controller
+        return controller.goal_index, controller.steps_on_goal, controller.warm_start
+
+    def restore(self, snapshot: tuple) -> None:
+        controller = self.controller
+        controller.goal_index, controller.steps_on_goal, controller.warm_start = snapshot
 
 
 def load_engine(settings) -> WorldModelEngine:

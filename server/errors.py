@@ -40,3 +40,7 @@ class PayloadTooLarge(ServiceError):
 
 class ModelUnavailable(ServiceError):
     status, code = 503, "model_unavailable"
+
+
+class ActTimeout(ServiceError):
+    status, code = 504, "act_timeout"

@@ -26,6 +26,8 @@ class ServiceMetrics:
                                 buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0), registry=r)
         self.actions = Counter("jepa_actions", "actions planned", ["source"], registry=r)
         self.plan_failures = Counter("jepa_plan_failures", "planning jobs that raised", ["source"], registry=r)
+        self.act_timeouts = Counter("jepa_act_timeouts", "acts given up at their deadline (a late plan is discarded)",
+                                    ["source"], registry=r)
         self.bridge = _BridgeCollector()
         r.register(self.bridge)
         self.worker_queue = Gauge("jepa_worker_queue_depth", "model jobs queued or running", registry=r)

@@ -60,12 +60,13 @@ class PlanningService:
         self.storage.close()
 
     async def act(self, session_id: str, image_bytes: bytes, state_text: str, seq: int | None) -> ActOutcome:
-        """HTTP act: validate the state and the image (off the event loop), then plan on the worker."""
+        """HTTP act: validate the state and the image (off the event loop), then plan on the worker,
+        all within `settings.act_timeout_s` of arrival (ActTimeout after it)."""
         received = time.perf_counter()
         self.sessions.get(session_id)  # 404 before any decoding work
         state = parse_state(state_text)
         image = await asyncio.to_thread(decode_image, image_bytes, self.settings.max_image_pixels)
-        return await self.sessions.act(session_id, image.pixels, state, seq, received)
+        return await self.sessions.act(session_id, image.pixels, state, seq, received, self.settings.act_timeout_s)
 
     def model_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {"source": self.settings.model, "state": self.worker.state, "error": self.worker.error,

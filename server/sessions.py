@@ -4,20 +4,24 @@ A session drives one robot towards a goal (or a schedule of sub-goals). Its plan
 start) lives in memory; its record and every step live in storage, so a restart keeps the history
 and the session simply resumes with a cold planner. All planning runs on the model worker, one job
 at a time; a job that fails answers its own caller with an error and leaves every other session alone.
+An act whose caller stopped waiting (its deadline passed) leaves its session as if it never came.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from .engine import Engine, PlanStep, SessionPlanner
-from .errors import Conflict, InvalidInput, NotFound, ServiceError, StaleObservation
+from .errors import ActTimeout, Conflict, InvalidInput, NotFound, ServiceError, StaleObservation
 from .goals import GoalLibrary
 from .metrics import ServiceMetrics
 from .storage import ACTIVE, SessionRecord, StepRecord, Storage, new_id
@@ -45,6 +49,27 @@ class ActOutcome:
 class _LiveSession:
     record: SessionRecord
     planner: SessionPlanner | None = None  # built on the worker at the first act
+
+
+class _ActClaim:
+    """Who settles one act: the worker when its plan is ready (the plan is applied), or the caller at
+    its deadline (the plan will be discarded). The first to claim wins, so a plan is never applied
+    after its caller has answered the robot with a timeout."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._winner: str | None = None
+
+    def apply(self) -> bool:
+        return self._claim("worker")
+
+    def abandon(self) -> bool:
+        return self._claim("caller")
+
+    def _claim(self, who: str) -> bool:
+        with self._lock:
+            self._winner = self._winner or who
+            return self._winner == who
 
 
 class SessionRegistry:
@@ -123,22 +148,51 @@ class SessionRegistry:
 
     # robot side
     async def act(self, session_id: str, pixels: np.ndarray, state: list[float], seq: int | None,
-                  received: float | None = None) -> ActOutcome:
-        """`received`: perf_counter() when the request arrived (for total_ms); now if not given."""
+                  received: float | None = None, timeout: float | None = None) -> ActOutcome:
+        """`received`: perf_counter() when the request arrived (for total_ms and the deadline); now if
+        not given. `timeout`: seconds from `received` before ActTimeout; a later plan is discarded."""
+        received = received or time.perf_counter()
         live = self._live_for_act(session_id, seq)
-        return await self.worker.call(self._act_job, live, pixels, state, seq, "http", received or time.perf_counter())
+        claim = _ActClaim()
+        future = self.worker.submit(self._act_job, live, claim, pixels, state, seq, "http", received)
+        remaining = None if timeout is None else timeout - (time.perf_counter() - received)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), remaining)
+        except asyncio.TimeoutError:
+            if not self._give_up(future, claim, "http"):
+                return await asyncio.wrap_future(future)
+        raise ActTimeout(
+            f"no plan within {timeout:g} s (JEPA_ACT_TIMEOUT_S): the model worker is busy or this session's planner "
+            "is too slow for the device. The plan was discarded and the session is unchanged; send a fresh "
+            "observation, and if this repeats lower the session's samples/iterations/horizon or raise JEPA_ACT_TIMEOUT_S")
 
     def act_for_robot(self, robot_id: str, pixels: np.ndarray, state: list[float], seq: int | None,
                       timeout: float | None = None) -> ActOutcome | None:
-        """Bridge entry (blocking, any thread): None when the robot has no active session."""
+        """Bridge entry (blocking, any thread): None when the robot has no active session.
+        Raises concurrent.futures.TimeoutError after `timeout` s; a later plan is discarded."""
         with self._lock:
             live = self._active_for_robot(robot_id)
         if live is None:
             return None
         # The bridge orders observations per connection itself (and an arm restart restarts its
         # numbering), so its seq is recorded but not re-checked here.
-        return self.worker.call_blocking(self._act_job, live, pixels, state, seq, "bridge", time.perf_counter(),
-                                         timeout=timeout)
+        claim = _ActClaim()
+        future = self.worker.submit(self._act_job, live, claim, pixels, state, seq, "bridge", time.perf_counter())
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            if not self._give_up(future, claim, "bridge"):
+                return future.result()
+            raise
+
+    def _give_up(self, future: Future, claim: _ActClaim, source: str) -> bool:
+        """At the caller's deadline: True when the act is abandoned (a queued job never runs, a running
+        one discards its plan); False when the plan was applied just in time (its answer is moments away)."""
+        future.cancel()
+        if not claim.abandon():
+            return False
+        self.metrics.act_timeouts.labels(source).inc()
+        return True
 
     def _live_for_act(self, session_id: str, seq: int | None) -> _LiveSession:
         live = self._live.get(session_id)
@@ -154,9 +208,10 @@ class SessionRegistry:
             self.metrics.count_stale_http()
             raise StaleObservation(f"observation seq {seq} is not newer than {last}; dropped")
 
-    def _act_job(self, engine: Engine, live: _LiveSession, pixels: np.ndarray, state: list[float],
+    def _act_job(self, engine: Engine, live: _LiveSession, claim: _ActClaim, pixels: np.ndarray, state: list[float],
                  seq: int | None, source: str, received: float) -> ActOutcome:
-        """Worker thread: encode, plan, record. Re-checks freshness: jobs may have queued out of order."""
+        """Worker thread: encode, plan, record. Re-checks freshness: jobs may have queued out of order.
+        A plan whose caller gave up is not recorded, and the planner is put back as it was before it."""
         if live.record.id not in self._live:
             raise Conflict(f"session {live.record.id!r} was stopped", code="session_stopped")
         if source == "http":
@@ -165,6 +220,7 @@ class SessionRegistry:
         try:
             if live.planner is None:
                 live.planner = self.build_planner(engine, live.record)
+            before = live.planner.snapshot()
             plan: PlanStep = live.planner.step(engine.encode(pixels), state)
         except ServiceError:
             raise
@@ -177,6 +233,11 @@ class SessionRegistry:
         if not (np.all(np.isfinite(plan.action)) and np.isfinite(plan.energy)):
             self.metrics.plan_failures.labels(source).inc()
             raise InvalidInput("the planner produced a non-finite action; holding", code="plan_not_finite")
+        if not claim.apply():
+            live.planner.restore(before)
+            log.warning("session %s: discarded a plan that took %.1f s, after its caller's deadline",
+                        live.record.id, plan_seconds)
+            raise ActTimeout("the caller stopped waiting; the plan was discarded")
         step = StepRecord(
             session_id=live.record.id, step=live.record.steps + 1, seq=seq, source=source, received_at=time.time(),
             goal_index=plan.goal_index, action=[float(v) for v in plan.action], energy=float(plan.energy),

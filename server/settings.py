@@ -56,6 +56,8 @@ class ServerSettings(BaseSettings):
     bridge_secret_key: Path | None = Field(None, description="the service's CURVE .key_secret (needed off loopback)")
     bridge_authorized_keys: Path | None = Field(None, description="folder of arm public .key files admitted")
     bridge_plan_timeout_s: float = Field(60.0, gt=0, description="longest a bridge observation waits for its plan")
+    act_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False,
+                                 description="longest an HTTP act may take from arrival; a later plan is discarded")
     data_dir: Path = Field(default_factory=default_data_dir, description="goals, latents and session history")
     api_key: SecretStr | None = Field(None, description="required in X-API-Key (or Authorization: Bearer) when set")
     max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest accepted request body")

@@ -69,8 +69,8 @@ class ModelWorker(Generic[ModelT]):
     async def call(self, job: Callable[..., ResultT], *args: Any) -> ResultT:
         return await asyncio.wrap_future(self.submit(job, *args))
 
-    def call_blocking(self, job: Callable[..., ResultT], *args: Any, timeout: float | None = None) -> ResultT:
-        return self.submit(job, *args).result(timeout)
+    def call_blocking(self, job: Callable[..., ResultT], *args: Any) -> ResultT:
+        return self.submit(job, *args).result()
 
     def unavailable_reason(self) -> str:
         if self.state == LOADING:

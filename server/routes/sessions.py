@@ -46,7 +46,7 @@ def stop_session(session_id: str, service: PlanningService = Depends(get_service
     return Session.from_record(service.sessions.stop(session_id))
 
 
-@router.post("/{session_id}/act", response_model=Action, responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503))
+@router.post("/{session_id}/act", response_model=Action, responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503, 504))
 async def act(
     session_id: str,
     image: UploadFile = File(description="the robot's current camera image (PNG, JPEG or WebP)"),
