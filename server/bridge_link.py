@@ -39,9 +39,8 @@ def start_bridge(service: PlanningService):
 def make_plan_callback(service: PlanningService):
     from robot_bridge.protocol import ActionMessage, ErrorCode, ErrorMessage, HoldMessage
 
-    timeout = service.settings.bridge_plan_timeout_s
-
     def plan(robot_id: str, observation):
+        timeout = service.settings.bridge_plan_timeout_s  # read per plan, like the HTTP act deadline
         try:
             outcome = service.sessions.act_for_robot(
                 robot_id, observation.image.decode(), [float(v) for v in observation.state], observation.seq,
@@ -49,7 +48,8 @@ def make_plan_callback(service: PlanningService):
         except ModelUnavailable as error:
             return HoldMessage(error.message[:1000])
         except FutureTimeout:
-            return HoldMessage(f"planning took longer than {timeout:.0f} s; holding")
+            return HoldMessage(f"planning took longer than {timeout:g} s (JEPA_BRIDGE_PLAN_TIMEOUT_S); "
+                               "the plan was discarded; holding")
         except ServiceError as error:
             return ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"{error.code}: {error.message}"[:1000])
         if outcome is None:

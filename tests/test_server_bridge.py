@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from robot_bridge.client import BridgeConnection
-from robot_bridge.protocol import (ActionMessage, ErrorMessage, HelloMessage, ImagePayload, ObservationMessage,
-                                   StopMessage, WelcomeMessage)
+from robot_bridge.protocol import (ActionMessage, ErrorMessage, HelloMessage, HoldMessage, ImagePayload,
+                                   ObservationMessage, StopMessage, WelcomeMessage)
 from server.local_server import LocalServer
 from server.serve_command import build_service
 from server.settings import ServerSettings
 from test_api import FAST_PLANNER, png_bytes
+from test_server_act_timeout import SLOW_PLANNER, TIGHT_DEADLINE_S, metric, wait_until_worker_idle
 
 STATE = np.array([0.5, 0.0, 0.3, 3.14, 0.0, 0.0, 0.0])
 
@@ -82,4 +83,29 @@ def test_arm_on_the_bridge_is_planned_by_the_http_created_session(server):
         assert "stopped" in receive_one(arm, StopMessage).reason
         arm.send(observation(2))
         assert receive_one(arm, ErrorMessage).code == "no_session"
+    http.close()
+
+
+def test_plan_past_the_bridge_deadline_is_a_hold_and_is_not_recorded(server):
+    http = httpx.Client(base_url=server.url, timeout=60)
+    goal = http.post("/v1/goals", files={"image": ("g.png", png_bytes(2), "image/png")}).json()
+    session = http.post("/v1/sessions", json={"robot_id": "arm-late", "goal_id": goal["id"],
+                                              "planner": SLOW_PLANNER}).json()
+    settings = server.service.settings
+    generous, settings.bridge_plan_timeout_s = settings.bridge_plan_timeout_s, TIGHT_DEADLINE_S
+    try:
+        with BridgeConnection(server.bridge.endpoint, "arm-late") as arm:
+            say_hello(arm)
+            arm.send(observation(1))
+            hold = receive_one(arm, HoldMessage)
+    finally:
+        settings.bridge_plan_timeout_s = generous
+    assert hold.seq == 1 and f"{TIGHT_DEADLINE_S:g} s" in hold.reason and "discarded" in hold.reason
+    assert metric(http, 'jepa_act_timeouts_total{source="bridge"}') == 1
+
+    wait_until_worker_idle(http)  # the plan ran out and was thrown away
+    status = http.get(f"/v1/sessions/{session['id']}").json()
+    assert (status["steps"], status["last_seq"], status["last_action"]) == (0, None, None)
+    assert http.get(f"/v1/sessions/{session['id']}/steps").json()["items"] == []
+    http.post(f"/v1/sessions/{session['id']}/stop")
     http.close()
