@@ -48,17 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_bench_model(source: str, device: str):
-    """The named model; a preset whose weights are not there yet is randomly initialised (timing only)."""
-    from world_model import PRESETS, WorldModel, load_world_model
-    from world_model.model import resolve_device
+    """The named model and where its weights came from; presets other than "demo" have none and are
+    randomly initialised, which is fine for timing (the arithmetic does not depend on the values)."""
+    from world_model import PRESETS, load_world_model
 
-    try:
-        return load_world_model(source, device=device), "loaded"
-    except FileNotFoundError:
-        if source not in PRESETS:
-            raise
-        model = WorldModel.from_config(PRESETS[source]).to(resolve_device(device)).eval().requires_grad_(False)
-        return model, "random init (no weights found)"
+    origin = "random init (preset without weights)" if source in PRESETS and source != "demo" else "loaded"
+    return load_world_model(source, device=device), origin
 
 
 def predictor_flops(config, samples: int, horizon: int) -> float:
