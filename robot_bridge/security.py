@@ -3,15 +3,22 @@
 An arm obeys whoever sends it actions, so any endpoint reachable from another host must be
 authenticated and encrypted. Keys are ZeroMQ certificate files (`jepa-planner keys`):
 `NAME.key` holds the public key (safe to copy), `NAME.key_secret` the key pair (keep private).
+
+An arm key is bound to robot ids by file name: the service's authorized-keys folder holds
+`ROBOT_ID.key` for each robot an arm may speak for, so `arm-1.key` lets its key claim `arm-1`
+and nothing else (copy one public key under several names to let one arm host several robots).
 """
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import zmq
 import zmq.auth
+
+from .protocol import ROBOT_ID_PATTERN
 
 
 class InsecureEndpoint(ValueError):
@@ -59,14 +66,52 @@ class ServerKeys:
     def key_pair(self) -> tuple[bytes, bytes]:
         return _load_key_pair(Path(self.secret_key_file))
 
-    def authorized_keys(self) -> list[bytes]:
+    def arm_bindings(self) -> "ArmKeyBindings":
+        """Read the authorized-keys folder: each `ROBOT_ID.key` admits its key for that robot id."""
         folder = Path(self.authorized_keys_dir)
         if not folder.is_dir():
             raise ValueError(f"authorized arm keys folder {folder} does not exist")
-        keys = list(zmq.auth.load_certificates(folder))
-        if not keys:
+        robot_ids_by_key: dict[str, set[str]] = {}
+        for key_file in sorted(folder.glob("*.key")):
+            robot_id = key_file.stem
+            if not ROBOT_ID_PATTERN.match(robot_id):
+                raise ValueError(f"{key_file}: an arm key file is named after the robot id it may claim "
+                                 "(1-64 characters of [A-Za-z0-9_.-], first alphanumeric), e.g. arm-1.key")
+            try:
+                public, _ = zmq.auth.load_certificate(key_file)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"{key_file} is not a ZeroMQ public key file: {error}") from None
+            robot_ids_by_key.setdefault(public.decode("ascii"), set()).add(robot_id)
+        if not robot_ids_by_key:
             raise ValueError(f"no arm public keys (*.key) in {folder}: no arm could connect")
-        return keys
+        return ArmKeyBindings({key: frozenset(ids) for key, ids in robot_ids_by_key.items()})
+
+
+class ArmKeyBindings:
+    """Which robot ids each admitted arm public key may claim.
+
+    Keys are Z85 text, the form pyzmq's authenticator reports as a connection's `User-Id`, so the
+    service can check every received frame: `may_claim(frame.get("User-Id"), routing_id)`.
+    Also the authenticator's credentials provider (`callback`): only bound keys pass the handshake.
+    """
+
+    def __init__(self, robot_ids_by_key: Mapping[str, frozenset[str]]):
+        # Routing ids arrive as bytes: compare bytes, so a non-UTF-8 routing id is simply unbound.
+        self._routing_ids_by_key = {key: frozenset(rid.encode() for rid in ids) for key, ids in robot_ids_by_key.items()}
+
+    def __len__(self) -> int:
+        return len(self._routing_ids_by_key)
+
+    def robot_ids(self, user_id: str) -> list[str]:
+        return sorted(rid.decode() for rid in self._routing_ids_by_key.get(user_id, ()))
+
+    def may_claim(self, user_id: str, routing_id: bytes) -> bool:
+        """True when the key `user_id` (Z85) is bound to the robot id `routing_id`."""
+        return routing_id in self._routing_ids_by_key.get(user_id, ())
+
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        """pyzmq ZAP credentials provider: admit a connection only for a bound key."""
+        return z85_key.decode("ascii") in self._routing_ids_by_key
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ Threads and their jobs:
   the same robot before a planner takes it is dropped and counted, never planned.
 So a slow planner never delays validation or answers to other messages, and a robot is never
 planned twice at once.
+
+Under CURVE every frame carries its connection's authenticated key (ZAP `User-Id`); a frame
+whose routing id (= robot id) is not bound to that key is refused before it is handled, so an
+admitted arm can neither greet nor steer as another robot (see `security.ArmKeyBindings`).
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ from .protocol import (
     decode,
     encode,
 )
-from .security import ServerKeys, require_secure
+from .security import ArmKeyBindings, ServerKeys, require_secure
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,8 @@ class BridgeService:
         self._threads: list[threading.Thread] = []
         self._context: zmq.Context | None = None
         self._authenticator: ThreadAuthenticator | None = None
+        self._bindings: ArmKeyBindings | None = None   # set under CURVE: which robot ids each arm key may claim
+        self._unbound_claims_logged: set[tuple[str, bytes]] = set()   # warn once per (key, claimed id), I/O thread only
         self.endpoint: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -149,11 +155,12 @@ class BridgeService:
         router.router_mandatory = 1     # unroutable replies raise, so they are counted, never lost silently
         if self._keys is not None:
             public, secret = self._keys.key_pair()
-            authorized = self._keys.authorized_keys()
+            self._bindings = self._keys.arm_bindings()
             self._authenticator = ThreadAuthenticator(self._context)
             self._authenticator.start()
-            self._authenticator.configure_curve(domain="*", location=str(self._keys.authorized_keys_dir))
-            log.info("bridge admits %d arm key(s) from %s", len(authorized), self._keys.authorized_keys_dir)
+            # The same bindings admit the handshake and, per frame, the robot id claimed: one read of the folder.
+            self._authenticator.configure_curve_callback(domain="*", credentials_provider=self._bindings)
+            log.info("bridge admits %d arm key(s) from %s", len(self._bindings), self._keys.authorized_keys_dir)
             router.curve_secretkey = secret
             router.curve_publickey = public
             router.curve_server = True
@@ -261,22 +268,49 @@ class BridgeService:
     def _receive_frames(self) -> None:
         for _ in range(_MAX_FRAMES_PER_WAKE):
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                # Without copy, each frame keeps its connection's metadata (the CURVE User-Id).
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             with self._counts_lock:   # one lock round-trip per frame, not two
                 self._counts["messages_received"] += 1
                 self._counts["bytes_received"] += sum(len(f) for f in frames)
-            routing_id = frames[0]
+            routing_id = frames[0].bytes
             if len(frames) != 2:
                 self._reply_error(routing_id, ProtocolError(
                     ErrorCode.MALFORMED, f"a message is exactly one frame, got {len(frames) - 1}"))
                 continue
+            message: Message | None = None
             try:
-                message = decode(frames[1], self._limits, accept=ARM_TO_SERVICE)
+                message = decode(frames[1].bytes, self._limits, accept=ARM_TO_SERVICE)
+                if self._bindings is not None:
+                    self._check_key_binding(routing_id, frames[1], message)
                 self._handle(routing_id, message)
             except ProtocolError as error:
-                self._reply_error(routing_id, error)
+                if not isinstance(message, ErrorMessage):   # never answer an error, even a refused one
+                    self._reply_error(routing_id, error)
+
+    def _check_key_binding(self, routing_id: bytes, frame: zmq.Frame, message: Message) -> None:
+        """Refuse a frame whose robot id (its routing id) is not bound to its connection's CURVE key."""
+        try:
+            user_id = frame.get("User-Id")
+        except zmq.ZMQError:   # no ZAP metadata on this frame: treat as unbound, never crash the I/O thread
+            user_id = ""
+        if self._bindings.may_claim(user_id, routing_id):
+            return
+        self._count("robot_id_not_bound")
+        if (user_id, routing_id) not in self._unbound_claims_logged:
+            if len(self._unbound_claims_logged) >= 1024:   # bounded: a flood of distinct claims cannot grow it
+                self._unbound_claims_logged.clear()
+            self._unbound_claims_logged.add((user_id, routing_id))
+            log.warning("arm key %s claimed robot id %r; it is bound to %s", user_id, routing_id[:64],
+                        self._bindings.robot_ids(user_id))
+        bound = ", ".join(self._bindings.robot_ids(user_id)) or "no robot id"
+        raise ProtocolError(
+            ErrorCode.ROBOT_ID_MISMATCH,
+            f"this arm's CURVE key may speak only for {bound}, not for routing id {routing_id[:64]!r}; "
+            "connect with the key issued for that robot id (the service admits ROBOT_ID.key for ROBOT_ID)",
+            message.seq if isinstance(message, ObservationMessage) else None)
 
     def _handle(self, routing_id: bytes, message: Message) -> None:
         now = time.monotonic()
@@ -457,5 +491,5 @@ _COUNTER_NAMES = (
     "messages_received", "bytes_received", "messages_sent", "invalid_messages", "hellos",
     "observations_received", "observations_dropped_stale", "observations_planned", "actions_sent",
     "holds_sent", "stops_sent", "planner_errors", "replies_undeliverable", "arm_errors_received",
-    "connections_accepted", "disconnections", "handshake_failures",
+    "connections_accepted", "disconnections", "handshake_failures", "robot_id_not_bound",
 )
