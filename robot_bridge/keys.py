@@ -3,6 +3,7 @@
 Writes NAME.key (public key: copy it to the other side) and NAME.key_secret (key pair: stays
 on this machine, mode 0600). The service loads its own NAME.key_secret plus a folder of arm
 NAME.key files it admits; an arm loads its NAME.key_secret plus the service's NAME.key it pins.
+Name an arm's key after its robot id: the service lets `arm-1.key` speak for robot `arm-1` only.
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def generate_key_pair(folder: Path, name: str, overwrite: bool = False) -> tuple
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for NAME.key and NAME.key_secret")
-    parser.add_argument("--name", required=True, help="key name, e.g. service or the robot id")
+    parser.add_argument("--name", required=True,
+                        help="key name: `service`, or for an arm its robot id (the service admits NAME.key "
+                             "for robot id NAME only)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing key pair")
 
 
