@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="HTTP port (default 8000; 0 picks a free one)")
     parser.add_argument("--bridge", help="ZeroMQ endpoint for arms (default tcp://127.0.0.1:5555; '' disables)")
     parser.add_argument("--bridge-secret-key", help="service CURVE .key_secret file (required off loopback)")
-    parser.add_argument("--bridge-authorized-keys", help="folder of admitted arm .key files")
+    parser.add_argument("--bridge-authorized-keys", help="folder of admitted arm public keys, one ROBOT_ID.key per arm (a key may claim only that robot id)")
     parser.add_argument("--data-dir", help="goals, latents and session history (default ~/.local/share/jepa-planner)")
     parser.add_argument("--api-key", help="API key clients send in X-API-Key (prefer env JEPA_API_KEY: "
                                           "command lines are visible to other users)")

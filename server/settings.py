@@ -54,7 +54,7 @@ class ServerSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one)")
     bridge: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ bridge endpoint; empty disables the bridge")
     bridge_secret_key: Path | None = Field(None, description="the service's CURVE .key_secret (needed off loopback)")
-    bridge_authorized_keys: Path | None = Field(None, description="folder of arm public .key files admitted")
+    bridge_authorized_keys: Path | None = Field(None, description="folder of admitted arm public keys, one ROBOT_ID.key per arm; a key may claim only that robot id")
     bridge_plan_timeout_s: float = Field(60.0, gt=0, description="longest a bridge observation waits for its plan")
     act_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False,
                                  description="longest an HTTP act may take from arrival; a later plan is discarded")
