@@ -61,3 +61,19 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert cli.main(["demo", "--model", str(tmp_path / "missing.safetensors"), "--episodes", "1",
                      "--out", str(tmp_path)]) == 1
     assert "did not load" in capsys.readouterr().err
+
+
+def test_planner_settings_the_service_refuses_are_a_usage_error_not_a_traceback(tmp_path, capsys):
+    argv = ["demo", "--episodes", "1", "--steps", "1", "--model", "tiny", "--random-init", "--maxnorm", "0",
+            "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    assert "maxnorm" in capsys.readouterr().err
+
+
+def test_push_searches_wider_than_reach_unless_told(tmp_path, capsys):
+    for task, extra, samples in (("push", [], demo.PUSH_SAMPLES), ("reach", ["--samples", "24"], 24)):
+        argv = ["demo", "--task", task, "--episodes", "1", "--steps", "1", "--model", "tiny", "--random-init",
+                "--iterations", "1", "--maxnorm", "0.02", "--out", str(tmp_path / task), "--json", *extra]
+        assert cli.main(argv) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["planner"]["samples"] == samples and summary["planner"]["maxnorm"] == 0.02
