@@ -5,13 +5,14 @@ official ones, so released state dicts load without renaming.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from functools import lru_cache
-
 from .rope import rotate_split_pairs, split_pairs_order
+
 
 def _probe_onednn_linear():
     """oneDNN's fused linear, if this torch build has it and it takes the arguments we pass.
