@@ -29,7 +29,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # 0.3 s on a 2-core CPU (issue 5 measured 0.16 s at 128 x 4), and maxnorm matches the arm's 5 cm step limit.
 DEMO_PLANNER = {"horizon": 1, "samples": 128, "topk": 10, "iterations": 4, "maxnorm": 0.05}
 # Pushing needs a finer search: on the tuning seed (100) 256 samples pushed 6 of 10 cubes to within
-# 3 cm and 128 samples 3 of 10 (horizon 2 at 128 was no better).
+# 3 cm and 128 samples 3 of 10 (horizon 2 at 128 was no better), with one push sub-goal.
 PUSH_SAMPLES = 256
 # Goals and starts stay where the training data went (the collector's workspace), off the table.
 GOAL_LOW = np.array([0.30, -0.22, 0.08])
@@ -41,6 +41,9 @@ APPROACH_HEIGHT = 0.12
 PUSH_HEIGHT = 0.03
 BEHIND_CUBE = 0.09
 CONTACT_OFFSET = 0.04  # TCP-to-cube-centre distance while pushing (measured in the sim)
+# Sub-goals along the push line, the last with the cube at its goal. With 3 instead of 1: seed 1
+# 3/10 instead of 1/10 (tuning seeds 100 and 101: 5/10 each).
+PUSH_STAGES = 3
 # Observed L1 energy between the current image's latent and a sub-goal's: with the demo model, 1 cm
 # of end-effector offset gives 0.05 (along the camera's line of sight) to 0.10 (across it), 2 cm
 # 0.07-0.17 (means over 30 poses); 0.06 asks for about 1 cm.
@@ -247,22 +250,28 @@ class _Episode:
 
     def _push_subgoals(self) -> list[np.ndarray]:
         """Visual sub-goals, as V-JEPA 2-AC plans multi-stage tasks: above and behind the cube, down
-        behind it, pushed through (cube at its goal), lifted clear of it, and the final goal image."""
+        behind it, pushed part of the way and then through (cube at its goal), lifted clear of it,
+        and the final goal image. The partial pushes keep the arm on the push line: the cube is a
+        few pixels, so the energy mostly sees the arm and would let it slide off the cube."""
         cube = self.arm.cube_position
         direction = self.goal_position - cube
         direction[2] = 0.0
         direction /= np.linalg.norm(direction)
         behind = cube - BEHIND_CUBE * direction
-        pushed = self.goal_position - CONTACT_OFFSET * direction
-        above, low, lifted = behind.copy(), behind.copy(), pushed.copy()
-        above[2] = lifted[2] = APPROACH_HEIGHT
-        low[2] = pushed[2] = PUSH_HEIGHT
+        above, low = behind.copy(), behind.copy()
+        above[2] = APPROACH_HEIGHT
+        low[2] = PUSH_HEIGHT
         render = self.arm.render_goal
-        moved = self.goal_position
-        return [render(self._pose_at(above, 1.0)), render(self._pose_at(low, 1.0)),
-                render(self._pose_at(pushed, 1.0), cube_position=moved),
-                render(self._pose_at(lifted, 1.0), cube_position=moved),
-                render(self.start_state, cube_position=moved)]
+        goals = [render(self._pose_at(above, 1.0)), render(self._pose_at(low, 1.0))]
+        for fraction in np.arange(1, PUSH_STAGES + 1) / PUSH_STAGES:
+            moved = cube + fraction * (self.goal_position - cube)
+            pushed = moved - CONTACT_OFFSET * direction
+            pushed[2] = PUSH_HEIGHT
+            goals.append(render(self._pose_at(pushed, 1.0), cube_position=moved))
+        lifted = pushed.copy()
+        lifted[2] = APPROACH_HEIGHT
+        return goals + [render(self._pose_at(lifted, 1.0), cube_position=self.goal_position),
+                        render(self.start_state, cube_position=self.goal_position)]
 
     def tracked_position(self) -> np.ndarray:
         """What the task moves: the end effector (reach) or the cube (push)."""
