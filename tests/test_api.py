@@ -9,6 +9,8 @@ import threading
 import time
 import uuid
 import zlib
+from contextlib import contextmanager
+from typing import Iterator
 
 import httpx
 import numpy as np
@@ -40,12 +42,18 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
 
 
+@contextmanager
+def tiny_service(data_dir, **settings) -> Iterator[LocalServer]:
+    """A real uvicorn service on a free port with the tiny model and a fast planner, ready to plan."""
+    with LocalServer(build_service(ServerSettings(model="tiny", device="cpu", bridge="", planner=FAST_PLANNER,
+                                                  data_dir=data_dir, **settings))) as running:
+        running.wait_ready()
+        yield running
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    settings = ServerSettings(model="tiny", device="cpu", bridge="", planner=FAST_PLANNER,
-                              data_dir=tmp_path_factory.mktemp("api-data"), max_upload_bytes=UPLOAD_LIMIT)
-    with LocalServer(build_service(settings)) as running:
-        running.wait_ready()
+    with tiny_service(tmp_path_factory.mktemp("api-data"), max_upload_bytes=UPLOAD_LIMIT) as running:
         yield running
 
 

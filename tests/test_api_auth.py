@@ -4,20 +4,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from server.local_server import LocalServer
-from server.serve_command import build_service
-from server.settings import ServerSettings
-from test_api import FAST_PLANNER, png_bytes
+from test_api import png_bytes, tiny_service
 
 KEY = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    settings = ServerSettings(model="tiny", device="cpu", bridge="", planner=FAST_PLANNER, api_key=KEY,
-                              data_dir=tmp_path_factory.mktemp("auth-data"))
-    with LocalServer(build_service(settings)) as running:
-        running.wait_ready()
+    with tiny_service(tmp_path_factory.mktemp("auth-data"), api_key=KEY) as running:
         yield running
 
 

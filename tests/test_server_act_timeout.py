@@ -7,10 +7,8 @@ import time
 import httpx
 import pytest
 
-from server.local_server import LocalServer
-from server.serve_command import build_service
-from server.settings import ServerSettings, SettingsError, load_settings
-from test_api import FAST_PLANNER, act, assert_error, png_bytes
+from server.settings import SettingsError, load_settings
+from test_api import act, assert_error, png_bytes, tiny_service
 
 # 4096 rollouts per plan: about a second on a busy 2-core CPU, and never near TIGHT_DEADLINE_S anywhere.
 SLOW_PLANNER = {"samples": 1024, "iterations": 4, "horizon": 1}
@@ -20,10 +18,7 @@ GENEROUS_DEADLINE_S = 30.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    settings = ServerSettings(model="tiny", device="cpu", bridge="", planner=FAST_PLANNER,
-                              data_dir=tmp_path_factory.mktemp("act-timeout-data"), act_timeout_s=GENEROUS_DEADLINE_S)
-    with LocalServer(build_service(settings)) as running:
-        running.wait_ready()
+    with tiny_service(tmp_path_factory.mktemp("act-timeout-data"), act_timeout_s=GENEROUS_DEADLINE_S) as running:
         yield running
 
 
