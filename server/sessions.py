@@ -231,6 +231,7 @@ class SessionRegistry:
         plan_seconds = time.perf_counter() - started
         total_ms = (time.perf_counter() - received) * 1000.0
         if not (np.all(np.isfinite(plan.action)) and np.isfinite(plan.energy)):
+            live.planner.restore(before)  # this plan never reaches the robot either
             self.metrics.plan_failures.labels(source).inc()
             raise InvalidInput("the planner produced a non-finite action; holding", code="plan_not_finite")
         if not claim.apply():
