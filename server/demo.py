@@ -268,7 +268,7 @@ class _Episode:
             pushed = moved - CONTACT_OFFSET * direction
             pushed[2] = PUSH_HEIGHT
             goals.append(render(self._pose_at(pushed, 1.0), cube_position=moved))
-        lifted = pushed.copy()
+        lifted = self.goal_position - CONTACT_OFFSET * direction  # above the last push pose
         lifted[2] = APPROACH_HEIGHT
         return goals + [render(self._pose_at(lifted, 1.0), cube_position=self.goal_position),
                         render(self.start_state, cube_position=self.goal_position)]
