@@ -164,6 +164,11 @@ class RobosuiteArm(Arm):
         self._held_pose = None
         return self.observe()
 
+    def drive_to(self, pose: np.ndarray, periods: int) -> None:
+        """Command `pose` for `periods` control periods (scripted motions: goal images, starts)."""
+        for _ in range(periods):
+            self.move_to(pose)
+
     def check_success(self) -> bool:
         """The task's own success test (robosuite's `_check_success()`)."""
         return bool(self.env._check_success())

@@ -16,14 +16,11 @@ import sys
 import threading
 from pathlib import Path
 
+from . import robosuite_env
 from .arm import SafetyLimits
 from .client import ArmClient
 from .security import ClientKeys, InsecureEndpoint
 from .service import DEFAULT_ENDPOINT
-
-
-# The robosuite environment `make robosuite` creates (override with JEPA_ROBOSUITE_PYTHON).
-ROBOSUITE_PYTHON = Path(__file__).resolve().parent.parent / ".venv-robosuite" / "bin" / "python"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,40 +65,6 @@ def _keys(args: argparse.Namespace) -> ClientKeys | None:
     return ClientKeys(args.client_key, args.server_key) if args.server_key else None
 
 
-def _robosuite_python() -> Path:
-    return Path(os.environ.get("JEPA_ROBOSUITE_PYTHON", ROBOSUITE_PYTHON))
-
-
-def _as_argv(args: argparse.Namespace) -> list[str]:
-    """The command line that parses back to `args` (the flags that differ from their defaults)."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    argv: list[str] = []
-    for action in parser._actions:
-        value = getattr(args, action.dest, None)
-        if not action.option_strings or value is None or value == action.default:
-            continue
-        flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
-            argv.append(flag)
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _run_in_robosuite_environment(argv: list[str]) -> int:
-    """This interpreter has no robosuite: run the same command with the robosuite environment's Python."""
-    python = _robosuite_python()
-    if not python.exists():
-        print(f"sim-arm: robosuite is not installed here and {python} does not exist; run `make robosuite` "
-              "(or set JEPA_ROBOSUITE_PYTHON to a Python that has robosuite 1.5 and this package)")
-        return 2
-    # exec, not a child process: signals (Ctrl-C, SIGTERM) reach the arm process itself.
-    os.execv(str(python), [str(python), "-m", "robot_bridge.sim_arm_command", *argv])
-
-
 def _make_arm(args: argparse.Namespace):
     os.environ.setdefault("MUJOCO_GL", "egl")  # before the first `import mujoco`: it picks its GL backend then
     if args.env == "robosuite":
@@ -118,11 +81,9 @@ def _make_arm(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.env == "robosuite":
-        try:
-            import robosuite  # noqa: F401
-        except ImportError:
-            return _run_in_robosuite_environment(_as_argv(args))
+    if args.env == "robosuite" and not robosuite_env.have_robosuite():
+        return robosuite_env.rerun_in_robosuite_environment("robot_bridge.sim_arm_command",
+                                                           robosuite_env.as_argv(args, add_arguments), "sim-arm")
     try:
         limits, keys = _limits(args), _keys(args)
         arm = _make_arm(args)

@@ -14,13 +14,13 @@ import httpx
 import numpy as np
 import pytest
 
-from robot_bridge import sim_arm_command
+from robot_bridge import robosuite_env
 from server.local_server import LocalServer
 from server.serve_command import build_service
 from server.settings import ServerSettings
 from test_api import FAST_PLANNER, png_bytes
 
-ROBOSUITE_PYTHON = sim_arm_command._robosuite_python()
+ROBOSUITE_PYTHON = robosuite_env.robosuite_python()
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not ROBOSUITE_PYTHON.exists(),
@@ -70,3 +70,26 @@ def test_sim_arm_command_drives_robosuite_from_a_real_service(tmp_path):
             steps = http.get(f"/v1/sessions/{session.json()['id']}/steps").json()
     assert len(steps["items"]) >= 1, "the service planned for the robosuite arm at least once"
     assert summary["stats"].get("moves", 0) >= 1, summary
+
+
+def test_lift_subgoals_come_from_a_scripted_grasp_that_robosuite_counts_as_lifted_and_leave_the_scene_untouched():
+    script = """
+import json, numpy as np
+from robot_bridge.robosuite_arm import RobosuiteArm, RobosuiteConfig
+from robot_bridge.evaluation.tasks import RobosuiteEpisode, _pose_at
+arm = RobosuiteArm(RobosuiteConfig(), seed=3)
+episode = RobosuiteEpisode(arm, np.random.default_rng(0), "lift")
+untouched = bool(np.array_equal(arm.render(), episode.start_image))
+success_before = arm.check_success()
+cube = arm.object_position()
+for position, gripper in ((cube + [0, 0, 0.1], 0.0), (cube, 0.0), (cube, 1.0), (cube + [0, 0, 0.12], 1.0)):
+    arm.drive_to(_pose_at(episode.start_state, position, gripper), 8)
+print(json.dumps({"goals": len(episode.goal_images), "untouched": untouched, "before": success_before,
+                  "after": arm.check_success(), "distinct": len({g.tobytes() for g in episode.goal_images})}))
+"""
+    done = subprocess.run([str(ROBOSUITE_PYTHON), "-c", script], capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["goals"] == 4 and report["distinct"] == 4
+    assert report["untouched"], "rendering the goals must restore the simulator state exactly"
+    assert report["before"] is False and report["after"] is True, "the scripted grasp the goals show really lifts"
