@@ -12,7 +12,7 @@ MUJOCO_GL ?= egl
 export MUJOCO_GL
 DEBIAN_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6
 
-.PHONY: setup system-deps test demo bench clean
+.PHONY: setup system-deps test demo bench clean robosuite
 
 setup: $(VENV)/.installed
 
@@ -35,7 +35,21 @@ system-deps:
 		echo "MuJoCo needs: sudo apt-get install -y $$missing"; \
 	fi
 
+# robosuite pins mujoco 3.3.x and numpy 1.26: its arm runs from its own torch-free environment.
+ROBOSUITE_VENV := .venv-robosuite
+robosuite: $(ROBOSUITE_VENV)/.installed
+
+$(ROBOSUITE_VENV)/.installed: pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(ROBOSUITE_VENV)
+	$(ROBOSUITE_VENV)/bin/pip install -q --upgrade pip
+	$(ROBOSUITE_VENV)/bin/pip install -q robosuite==1.5.2 mujoco==3.3.7 "pyzmq>=25" "msgpack>=1.0" "httpx>=0.27" "imageio>=2.34" "matplotlib>=3.8"
+	$(ROBOSUITE_VENV)/bin/pip install -q --no-deps -e .
+	@touch $@
+
+# The robosuite smoke test skips (with the reason) when its environment could not be made.
 test: setup
+	@$(MAKE) --no-print-directory robosuite || echo "robosuite environment not made: its tests will skip"
 	$(BIN)/pytest -q
 
 demo: setup
@@ -47,4 +61,4 @@ bench: setup
 	$(BIN)/jepa-planner bench server
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(ROBOSUITE_VENV) build *.egg-info .pytest_cache

@@ -1,7 +1,9 @@
-"""`jepa-planner sim-arm`: the simulated arm, connected to a service exactly as a real arm would be.
+"""`jepa-planner sim-arm`: a simulated arm, connected to a service exactly as a real arm would be.
 
-The SimArm goes through the same `ArmClient` (safety limits, hold on silence, stop) as a lab's
-real arm; `--record DIR` attaches an episode recorder as a subscriber.
+`--env sim` is the project's MuJoCo arm; `--env robosuite --task Lift` is robosuite's Panda, which
+runs from its own virtual environment (robosuite pins an older mujoco and numpy; `make robosuite`
+makes it): this command re-runs itself there. Either arm goes through the same `ArmClient` (safety
+limits, hold on silence, stop) as a lab's real arm; `--record DIR` attaches an episode recorder.
 """
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
+from . import robosuite_env
 from .arm import SafetyLimits
 from .client import ArmClient
 from .security import ClientKeys, InsecureEndpoint
@@ -20,9 +24,13 @@ from .service import DEFAULT_ENDPOINT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", choices=("sim", "robosuite"), default="sim",
+                        help="sim: the project's MuJoCo arm; robosuite: robosuite's Panda (default %(default)s)")
+    parser.add_argument("--task", default="Lift", help="robosuite task: Lift, Stack, PickPlace, Door (default %(default)s)")
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="bridge service endpoint (default %(default)s)")
     parser.add_argument("--robot-id", default="sim0", help="robot id announced to the service (default %(default)s)")
-    parser.add_argument("--image-size", type=int, default=256, help="camera height and width in pixels (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="camera height and width in pixels (default 256 for sim, 64 for robosuite)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed: cube position (default %(default)s)")
     parser.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: the sim's own, 4 Hz)")
     parser.add_argument("--steps", type=int, default=None, help="stop after this many control periods")
@@ -39,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _limits(args: argparse.Namespace) -> SafetyLimits:
-    defaults = SafetyLimits()
+    if args.env == "robosuite":
+        from .robosuite_arm import ROBOSUITE_LIMITS as defaults
+    else:
+        defaults = SafetyLimits()
     low, high = defaults.workspace_low, defaults.workspace_high
     if args.workspace:
         low, high = tuple(args.workspace[:3]), tuple(args.workspace[3:])
@@ -54,17 +65,31 @@ def _keys(args: argparse.Namespace) -> ClientKeys | None:
     return ClientKeys(args.client_key, args.server_key) if args.server_key else None
 
 
+def _make_arm(args: argparse.Namespace):
+    os.environ.setdefault("MUJOCO_GL", "egl")  # before the first `import mujoco`: it picks its GL backend then
+    if args.env == "robosuite":
+        from .robosuite_arm import RobosuiteArm, RobosuiteConfig
+
+        size = args.image_size or 64
+        config = RobosuiteConfig(task=args.task, image_height=size, image_width=size)
+        return RobosuiteArm(config, seed=args.seed)
+    from .sim import SimArm, SimConfig
+
+    size = args.image_size or 256
+    return SimArm(SimConfig(image_height=size, image_width=size), seed=args.seed)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    from .sim import SimArm, SimConfig  # after MUJOCO_GL is set: MuJoCo picks its GL backend at import
-
+    if args.env == "robosuite" and not robosuite_env.have_robosuite():
+        return robosuite_env.rerun_in_robosuite_environment("robot_bridge.sim_arm_command",
+                                                           robosuite_env.as_argv(args, add_arguments), "sim-arm")
     try:
         limits, keys = _limits(args), _keys(args)
+        arm = _make_arm(args)
     except ValueError as error:
         print(f"sim-arm: {error}")
         return 2
-    arm = SimArm(SimConfig(image_height=args.image_size, image_width=args.image_size), seed=args.seed)
     subscribers = []
     if args.record is not None:
         from .recording import EpisodeRecorder
@@ -93,3 +118,14 @@ def run(args: argparse.Namespace) -> int:
     if args.summary is not None:
         args.summary.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m robot_bridge.sim_arm_command ...`: the same command without the torch-side CLI."""
+    parser = argparse.ArgumentParser(prog="sim-arm", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

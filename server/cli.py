@@ -15,7 +15,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server.serve_command", "run the planning service (HTTP + ZeroMQ bridge)"),
     "sim-arm": ("robot_bridge.sim_arm_command", "run the simulated Franka-style arm against a service"),
-    "demo": ("server.demo", "closed-loop reaching demo: service + sim arm + goal images"),
+    "demo": ("robot_bridge.eval_command", "closed-loop reaching demo: service + sim arm + goal images"),
+    "eval": ("robot_bridge.eval_command", "closed-loop episodes in the sim or robosuite through a service, scored"),
     "replay": ("robot_bridge.replay", "stream a recorded episode to a service and report"),
     "collect": ("robot_bridge.collect", "record exploratory sim-arm episodes for training"),
     "convert-franka-example": ("robot_bridge.franka_example", "convert the reference 2-frame Franka example to an episode"),

@@ -149,11 +149,18 @@ class _ControllerPlanner:
 
 
 def load_engine(settings) -> WorldModelEngine:
-    """Worker thread: load the configured world model (ServerSettings.model/device/dtype)."""
-    from world_model import load_world_model
+    """Worker thread: load the configured world model (ServerSettings.model/device/dtype), or with
+    `random_init_seed` the same architecture with fresh random weights (the untrained control)."""
+    from world_model import WorldModel, load_world_model
 
-    return WorldModelEngine(load_world_model(settings.model, device=settings.device, dtype=settings.dtype),
-                            settings.model)
+    world_model = load_world_model(settings.model, device=settings.device, dtype=settings.dtype)
+    if settings.random_init_seed is None:
+        return WorldModelEngine(world_model, settings.model)
+    weights = next(world_model.parameters())
+    control = WorldModel.from_config(world_model.config, seed=settings.random_init_seed)
+    control = control.to(device=weights.device, dtype=weights.dtype).eval().requires_grad_(False)
+    control.autocast_dtype = world_model.autocast_dtype
+    return WorldModelEngine(control, f"random-init:{settings.model}:{settings.random_init_seed}")
 
 
 def _weights_fingerprint(world_model) -> str:

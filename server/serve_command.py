@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "command lines are visible to other users)")
     parser.add_argument("--model", help="preset name (demo, tiny, small, ac_vit_giant) or a .pt/.safetensors file "
                                         "(default: the embedded demo model)")
+    parser.add_argument("--random-init", type=int, metavar="SEED", dest="random_init_seed",
+                        help="the model's architecture with random weights from SEED (the untrained control)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], help="compute dtype (default float32)")
     parser.add_argument("--max-upload-bytes", type=int, help="largest request body (default 8 MiB)")
@@ -48,7 +50,7 @@ def settings_from_args(args: argparse.Namespace):
     return load_settings(
         host=args.host, port=args.port, bridge=args.bridge, bridge_secret_key=args.bridge_secret_key,
         bridge_authorized_keys=args.bridge_authorized_keys, data_dir=args.data_dir, api_key=args.api_key,
-        model=args.model, device=args.device, dtype=args.dtype, max_upload_bytes=args.max_upload_bytes,
+        model=args.model, random_init_seed=args.random_init_seed, device=args.device, dtype=args.dtype, max_upload_bytes=args.max_upload_bytes,
         log_level=args.log_level,
     )
 

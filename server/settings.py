@@ -48,6 +48,8 @@ class ServerSettings(BaseSettings):
 
     model: str = Field("demo", description="preset name (demo, tiny, small, ac_vit_giant) or a .pt/.safetensors checkpoint")
     device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    random_init_seed: int | None = Field(
+        None, description="the control for 'does training matter': the model's architecture with random weights (this seed)")
     dtype: Literal["float32", "bfloat16", "float64"] = Field(
         "float32", description="bfloat16 keeps float32 weights and runs under autocast (CUDA)")
     host: str = Field("127.0.0.1", description="HTTP bind address; non-loopback needs an API key")

@@ -1,4 +1,5 @@
-"""`jepa-planner demo`: goal sampling, and one short episode end to end (real service, ZeroMQ, MuJoCo)."""
+"""`jepa-planner demo` / `eval --env sim`: goal sampling, and one short episode end to end (a real
+`jepa-planner serve` process, ZeroMQ, MuJoCo)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from server import cli, demo
+from robot_bridge import eval_command
+from robot_bridge.evaluation import tasks
+from server import cli
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +23,10 @@ def arm():
 
 @pytest.mark.parametrize("index", range(5))
 def test_reach_goals_are_10_to_25_cm_away_inside_the_workspace_and_reachable(arm, index):
-    episode = demo._Episode(arm, np.random.default_rng([9, index]), "reach")
+    episode = tasks.SimEpisode(arm, np.random.default_rng([9, index]), "reach")
     offset = np.linalg.norm(episode.goal_position - episode.start_state[:3])
     assert 0.10 <= offset <= 0.25
-    assert np.all(episode.goal_position >= demo.GOAL_LOW) and np.all(episode.goal_position <= demo.GOAL_HIGH)
+    assert np.all(episode.goal_position >= tasks.GOAL_LOW) and np.all(episode.goal_position <= tasks.GOAL_HIGH)
     assert episode.distance() == pytest.approx(offset)
     # The goal image shows the arm somewhere else; rendering it left the simulation untouched.
     assert not np.array_equal(episode.goal_image, episode.start_image)
@@ -31,7 +34,7 @@ def test_reach_goals_are_10_to_25_cm_away_inside_the_workspace_and_reachable(arm
 
 
 def test_push_goals_move_the_cube_5_to_15_cm_and_keep_the_arm(arm):
-    episode = demo._Episode(arm, np.random.default_rng([9, 0]), "push")
+    episode = tasks.SimEpisode(arm, np.random.default_rng([9, 0]), "push")
     offset = np.linalg.norm(episode.goal_position[:2] - arm.cube_position[:2])
     assert 0.05 <= offset <= 0.15
     assert episode.distance() == pytest.approx(offset)
@@ -71,7 +74,7 @@ def test_planner_settings_the_service_refuses_are_a_usage_error_not_a_traceback(
 
 
 def test_push_searches_wider_than_reach_unless_told(tmp_path, capsys):
-    for task, extra, samples in (("push", [], demo.PUSH_SAMPLES), ("reach", ["--samples", "24"], 24)):
+    for task, extra, samples in (("push", [], eval_command.PUSH_SAMPLES), ("reach", ["--samples", "24"], 24)):
         argv = ["demo", "--task", task, "--episodes", "1", "--steps", "1", "--model", "tiny", "--random-init",
                 "--iterations", "1", "--maxnorm", "0.02", "--out", str(tmp_path / task), "--json", *extra]
         assert cli.main(argv) == 0

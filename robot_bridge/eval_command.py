@@ -1,0 +1,166 @@
+"""`jepa-planner eval` (and `demo`): closed-loop episodes in a simulator, through a real service.
+
+The evaluation is a client of the service, like a lab's arm: it starts `jepa-planner serve` as a
+separate process on free loopback ports (or uses one given with `--http` and `--endpoint`), uploads
+goal images over HTTP and drives the arm over ZeroMQ. `--env sim` is the project's MuJoCo arm (reach,
+push); `--env robosuite` is robosuite's Panda (reach, lift, judged by robosuite's own `_check_success()`),
+which runs from robosuite's own environment: the command re-runs itself there.
+Per episode it writes a GIF and a PNG of start / goal / final frames, and one energy plot per run;
+`--json` ends with one summary object (`episodes`, `successes`, `success_rate`, `mean_plan_s`,
+`mean_final_distance_m`, and `task_success_rate` where the simulator has its own check).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import robosuite_env
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+# The planner asked for per session: horizon 1 and a small search keep one plan well under 0.3 s on a
+# 2-core CPU (issue 5 measured 0.16 s at 128 x 4), and maxnorm matches the arm's 5 cm step limit.
+DEMO_PLANNER = {"horizon": 1, "samples": 128, "topk": 10, "iterations": 4, "maxnorm": 0.05}
+# Pushing needs a finer search: on the tuning seed (100) 256 samples pushed 6 of 10 cubes to within
+# 3 cm and 128 samples 3 of 10 (horizon 2 at 128 was no better), with one push sub-goal.
+PUSH_SAMPLES = 256
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", choices=("sim", "robosuite"), default="sim",
+                        help="sim: the project's MuJoCo arm; robosuite: robosuite's Panda (default %(default)s)")
+    parser.add_argument("--task", choices=("reach", "push", "lift"), default="reach",
+                        help="sim: reach or push; robosuite: reach or lift (default %(default)s)")
+    parser.add_argument("--episodes", type=int, default=3, help="episodes to run (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="episode i uses the seed sequence (seed, i)")
+    parser.add_argument("--model", default="demo", help="preset, .safetensors or .pt (default: the embedded demo model)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="the control: the same architecture with random weights (seeded by --seed)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="executed plans per episode (default 30 for reach, 80 for push, 60 for lift)")
+    parser.add_argument("--success-radius", type=float, default=None,
+                        help="metres (default 0.05 for reach, 0.03 for push)")
+    parser.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: the arm's, 4 Hz)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help=f"CEM samples per iteration (default {DEMO_PLANNER['samples']}, {PUSH_SAMPLES} for push)")
+    parser.add_argument("--topk", type=int, default=DEMO_PLANNER["topk"], help="CEM elites per iteration")
+    parser.add_argument("--iterations", type=int, default=DEMO_PLANNER["iterations"], help="CEM iterations")
+    parser.add_argument("--horizon", type=int, default=DEMO_PLANNER["horizon"], help="planning horizon")
+    parser.add_argument("--maxnorm", type=float, default=DEMO_PLANNER["maxnorm"],
+                        help="per-axis limit of one planned step in metres (default %(default)s)")
+    parser.add_argument("--arrival-energy", type=float, default=None,
+                        help="hold once the observed latent is this close to the final goal (0.06 is about 1 cm "
+                             "with the demo model); default: always plan. Measured on seeds 1/2/100 it neither "
+                             "helped nor hurt reaching (18, 16, 19 of 20 vs 18, 17, 19 without)")
+    parser.add_argument("--device", default="auto", help="the service's device (when this command starts it)")
+    parser.add_argument("--threads", type=int, default=None, help="the service's torch CPU threads for planning")
+    parser.add_argument("--http", default=None, help="use this running service instead of starting one "
+                                                     "(API key from JEPA_API_KEY); needs --endpoint")
+    parser.add_argument("--endpoint", default=None, help="that service's ZeroMQ bridge endpoint")
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="GIFs, PNGs, plot, summary.json")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
+
+
+def _usage(message: str) -> int:
+    print(f"jepa-planner eval: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run(args: argparse.Namespace) -> int:
+    from .evaluation.tasks import DEFAULT_RADIUS_M, DEFAULT_STEPS, TASKS
+
+    if args.task not in TASKS[args.env]:
+        return _usage(f"--env {args.env} has the tasks {', '.join(TASKS[args.env])}, not {args.task!r}")
+    if args.env == "robosuite" and not robosuite_env.have_robosuite():
+        return robosuite_env.rerun_in_robosuite_environment("robot_bridge.eval_command",
+                                                           robosuite_env.as_argv(args, add_arguments), "eval")
+    os.environ.setdefault("MUJOCO_GL", "egl")  # before the first `import mujoco`
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.task]
+    if args.episodes < 1 or steps < 1:
+        return _usage("--episodes and --steps must be at least 1")
+    if (args.http is None) != (args.endpoint is None):
+        return _usage("--http and --endpoint go together (a running service's HTTP URL and bridge endpoint)")
+    samples = args.samples if args.samples is not None else (PUSH_SAMPLES if args.task == "push" else DEMO_PLANNER["samples"])
+    planner = {**DEMO_PLANNER, "samples": samples, "topk": args.topk, "iterations": args.iterations,
+               "horizon": args.horizon, "maxnorm": args.maxnorm, "arrival_energy": args.arrival_energy}
+    radius = args.success_radius if args.success_radius is not None else DEFAULT_RADIUS_M[args.task]
+    from .evaluation.harness import EvalPlan
+
+    label = "random-init" if args.random_init else (args.model if args.http is None else args.http)
+    plan = EvalPlan(env=args.env, task=args.task, episodes=args.episodes, seed=args.seed, steps=steps, radius=radius,
+                    planner=planner, rate=args.rate, out=args.out, label=label)
+    print(f"eval: {plan.episodes} {plan.env} {plan.task} episodes, model {label}, planner {planner}, seed {plan.seed}",
+          flush=True)
+    return _run(plan, args)
+
+
+def _run(plan, args: argparse.Namespace) -> int:
+    from .evaluation.harness import run_episodes, summarize, write_summary
+    from .evaluation.service import RejectedSettings, ServiceClient, ServiceError, ServiceProcess
+
+    try:
+        if args.http is not None:
+            service_process, url, endpoint = None, args.http, args.endpoint
+        else:
+            service_process = ServiceProcess(args.model, args.seed if args.random_init else None, args.device,
+                                             args.threads).__enter__()
+            url, endpoint = service_process.url, service_process.bridge_endpoint
+    except ServiceError as error:
+        print(f"jepa-planner eval: the model did not load: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    service = ServiceClient(url, os.environ.get("JEPA_API_KEY"))
+    arm = None
+    try:
+        image_size = service.model_info()["image_size"]
+        arm, limits = _make_arm(plan.env, image_size, plan.seed)
+        results = run_episodes(plan, service, endpoint, arm, limits, log=lambda line: print(line, flush=True))
+    except RejectedSettings as error:
+        print(f"jepa-planner eval: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServiceError as error:
+        print(f"jepa-planner eval: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        if arm is not None:
+            arm.close()
+        service.close()
+        if service_process is not None:
+            service_process.__exit__(None, None, None)
+    summary = summarize(plan, results)
+    write_summary(plan, results, summary)
+    task_check = (f", robosuite's own check {100 * summary['task_success_rate']:.0f}%"
+                  if "task_success_rate" in summary else "")
+    print(f"{plan.label}: {summary['successes']}/{summary['episodes']} ({100 * summary['success_rate']:.0f}%) "
+          f"at the end ({summary['reached_at_any_step']} within {100 * plan.radius:.0f} cm at some step){task_check}, "
+          f"mean final distance {100 * summary['mean_final_distance_m']:.1f} cm, "
+          f"mean plan {summary['mean_plan_s'] or float('nan'):.3f} s per action "
+          f"({plan.planner['samples']} samples x {plan.planner['iterations']} iterations, "
+          f"horizon {plan.planner['horizon']}); media in {plan.out}")
+    if args.json:
+        print(json.dumps(summary))
+    return EXIT_OK
+
+
+def _make_arm(env: str, image_size: int, seed: int):
+    """The simulated arm at the model's image size, and the safety limits it runs under."""
+    if env == "robosuite":
+        from .robosuite_arm import ROBOSUITE_LIMITS, RobosuiteArm, RobosuiteConfig
+
+        return RobosuiteArm(RobosuiteConfig(image_height=image_size, image_width=image_size), seed=seed), ROBOSUITE_LIMITS
+    from .arm import SafetyLimits
+    from .sim import SimArm, SimConfig
+
+    return SimArm(SimConfig(image_height=image_size, image_width=image_size), seed=seed), SafetyLimits()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m robot_bridge.eval_command ...`: the same command without the torch-side CLI."""
+    parser = argparse.ArgumentParser(prog="eval", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

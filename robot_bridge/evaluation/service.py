@@ -1,0 +1,160 @@
+"""The planning service as an evaluation sees it: a separate `jepa-planner serve` process and its HTTP API.
+
+Evaluations are clients of the service, like a lab's arm and operator: they start (or are pointed
+at) a real service, upload goal images, open sessions over HTTP and drive the arm over ZeroMQ.
+Nothing here imports torch, so the harness also runs from a simulator's own environment.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServiceError(RuntimeError):
+    """The service could not be started or did not answer as expected."""
+
+
+class RejectedSettings(ValueError):
+    """The service refused the session asked for (e.g. an invalid planner setting): a usage error."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def service_python() -> str:
+    """A Python with torch and the service: this one when it has torch, else the project's `.venv`
+    (the robosuite environment has no torch); `JEPA_SERVICE_PYTHON` overrides both."""
+    if os.environ.get("JEPA_SERVICE_PYTHON"):
+        return os.environ["JEPA_SERVICE_PYTHON"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return str(REPO_ROOT / ".venv" / "bin" / "python")
+    return sys.executable
+
+
+class ServiceProcess:
+    """`with ServiceProcess(model=...) as service:` a real `jepa-planner serve` on free loopback ports."""
+
+    def __init__(self, model: str = "demo", random_init_seed: int | None = None, device: str = "auto",
+                 threads: int | None = None, load_timeout_s: float = 300.0):
+        self.model, self.random_init_seed, self.device = model, random_init_seed, device
+        self.threads, self.load_timeout_s = threads, load_timeout_s
+        self.url = self.bridge_endpoint = ""
+        self._process: subprocess.Popen | None = None
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> "ServiceProcess":
+        self._scratch = tempfile.TemporaryDirectory(prefix="jepa-eval-service-")
+        port, bridge_port = _free_port(), _free_port()
+        self.url, self.bridge_endpoint = f"http://127.0.0.1:{port}", f"tcp://127.0.0.1:{bridge_port}"
+        command = [service_python(), "-m", "server.cli", "serve", "--model", self.model, "--device", self.device,
+                   "--port", str(port), "--bridge", self.bridge_endpoint, "--data-dir", self._scratch.name,
+                   "--log-level", "warning"]
+        if self.random_init_seed is not None:
+            command += ["--random-init", str(self.random_init_seed)]
+        env = dict(os.environ)
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)  # torch's intra-op threads for planning
+        log_path = Path(self._scratch.name) / "serve.log"
+        self._log = log_path.open("wb")
+        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        try:
+            self._wait_ready(log_path)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _wait_ready(self, log_path: Path) -> None:
+        deadline = time.monotonic() + self.load_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ServiceError(f"the service exited ({self._process.returncode}) before it was ready: "
+                                   + log_path.read_text(errors="replace")[-1500:].strip())
+            try:
+                ready = httpx.get(f"{self.url}/readyz", timeout=2)
+            except httpx.HTTPError:
+                ready = None
+            if ready is not None and ready.status_code == 200:
+                return
+            if ready is not None and ready.status_code == 503 and "failed" in ready.text:
+                raise ServiceError(f"the model did not load: {ready.text}")
+            time.sleep(0.2)
+        raise ServiceError(f"the service was not ready within {self.load_timeout_s:.0f} s")
+
+    def __exit__(self, *exc_info) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._scratch is not None:
+            self._log.close()
+            self._scratch.cleanup()
+
+
+class ServiceClient:
+    """The HTTP calls an evaluation makes: model info, goals, sessions, one timed act."""
+
+    def __init__(self, url: str, api_key: str | None = None):
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx.Client(base_url=url, timeout=120, headers=headers)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def model_info(self) -> dict:
+        return self._json(self.http.get("/v1/model"))
+
+    def upload_goal(self, image: np.ndarray, name: str) -> str:
+        response = self.http.post("/v1/goals", files={"image": ("goal.png", io.BytesIO(png_bytes(image)), "image/png")},
+                                  data={"name": name})
+        return self._json(response)["id"]
+
+    def create_session(self, body: dict) -> dict:
+        response = self.http.post("/v1/sessions", json=body)
+        if response.status_code == 422:
+            raise RejectedSettings(f"the service refused the session settings: {response.json()['error']['message']}")
+        return self._json(response)
+
+    def stop_session(self, session_id: str) -> dict | None:
+        response = self.http.post(f"/v1/sessions/{session_id}/stop")
+        return response.json() if response.is_success else None
+
+    def act_seconds(self, session_id: str, image: np.ndarray, state: np.ndarray, seq: int) -> float:
+        """One HTTP act; the service's own total time for it, in seconds."""
+        response = self.http.post(f"/v1/sessions/{session_id}/act",
+                                  files={"image": ("frame.png", io.BytesIO(png_bytes(image)), "image/png")},
+                                  data={"state": json.dumps([float(v) for v in state]), "seq": str(seq)})
+        return self._json(response)["total_ms"] / 1000.0
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict:
+        if not response.is_success:
+            raise ServiceError(f"{response.request.method} {response.request.url.path}: {response.status_code} "
+                               f"{response.text[:500]}")
+        return response.json()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    import imageio.v3 as iio
+
+    return iio.imwrite("<bytes>", image, extension=".png")

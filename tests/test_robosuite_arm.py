@@ -1,0 +1,95 @@
+"""robosuite's Panda behind our `Arm` interface, run from its own environment (`make robosuite`).
+
+Both tests cross the real boundary: robosuite's own simulator in a separate process, and a real
+service (uvicorn + ZeroMQ bridge) driving it through `jepa-planner sim-arm --env robosuite`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from robot_bridge import robosuite_env
+from server.local_server import LocalServer
+from server.serve_command import build_service
+from server.settings import ServerSettings
+from test_api import FAST_PLANNER, png_bytes
+
+ROBOSUITE_PYTHON = robosuite_env.robosuite_python()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not ROBOSUITE_PYTHON.exists(),
+                       reason=f"no robosuite environment at {ROBOSUITE_PYTHON} (`make robosuite` makes it)"),
+]
+ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+
+
+def test_robosuite_arm_reports_poses_in_the_project_convention_and_tracks_targets():
+    done = subprocess.run([str(ROBOSUITE_PYTHON), "-m", "robot_bridge.robosuite_arm", "--trials", "3", "--json"],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    x, y, z, roll, pitch, yaw, gripper = report["home_state"]
+    # Base frame: the grip site starts ~0.46 m in front of the base, on its centre line, just above the
+    # table (0.112 m below the base); pointing down (roll = +-pi) with the tool offset making yaw ~ 0.
+    assert 0.35 < x < 0.6 and abs(y) < 0.05 and -0.11 < z < 0.25
+    assert abs(abs(roll) - np.pi) < 0.3 and abs(pitch) < 0.3 and abs(yaw) < 0.2
+    assert 0.0 <= gripper <= 1.0
+    assert report["image_shape"] == [64, 64, 3] and report["lower_half_brighter"], "frames must be upright"
+    # Absolute OSC targets of up to 5 cm per axis: within 3 cm after one period, within 1 cm after four.
+    assert report["error_after_one_period_m"] < 0.03 and report["error_settled_m"] < 0.01
+    assert report["rotation_drift_rad"] < 0.1
+    assert report["success_at_reset"] is False  # robosuite's own Lift check: the cube starts on the table
+
+
+def test_sim_arm_command_drives_robosuite_from_a_real_service(tmp_path):
+    settings = ServerSettings(model="tiny", device="cpu", bridge="tcp://127.0.0.1:*", planner=FAST_PLANNER,
+                              data_dir=tmp_path / "data")
+    with LocalServer(build_service(settings), with_bridge=True) as server:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            goal = http.post("/v1/goals", files={"image": ("goal.png", png_bytes(3), "image/png")})
+            assert goal.status_code == 201, goal.text
+            session = http.post("/v1/sessions", json={"robot_id": "panda0", "goal_id": goal.json()["id"]})
+            assert session.status_code == 201, session.text
+            summary_path = tmp_path / "summary.json"
+            # Through the project's own CLI, which re-runs the command in the robosuite environment.
+            done = subprocess.run(
+                [sys.executable, "-m", "server.cli", "sim-arm", "--env", "robosuite", "--task", "Lift",
+                 "--endpoint", server.bridge.endpoint, "--robot-id", "panda0", "--steps", "12", "--rate", "4",
+                 "--summary", str(summary_path)],
+                capture_output=True, text=True, timeout=300, env=ENV)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+            summary = json.loads(summary_path.read_text())
+            assert summary["steps"] == 12
+            steps = http.get(f"/v1/sessions/{session.json()['id']}/steps").json()
+    assert len(steps["items"]) >= 1, "the service planned for the robosuite arm at least once"
+    assert summary["stats"].get("moves", 0) >= 1, summary
+
+
+def test_lift_subgoals_come_from_a_scripted_grasp_that_robosuite_counts_as_lifted_and_leave_the_scene_untouched():
+    script = """
+import json, numpy as np
+from robot_bridge.robosuite_arm import RobosuiteArm, RobosuiteConfig
+from robot_bridge.evaluation.tasks import RobosuiteEpisode, _pose_at
+arm = RobosuiteArm(RobosuiteConfig(), seed=3)
+episode = RobosuiteEpisode(arm, np.random.default_rng(0), "lift")
+untouched = bool(np.array_equal(arm.render(), episode.start_image))
+success_before = arm.check_success()
+cube = arm.object_position()
+for position, gripper in ((cube + [0, 0, 0.1], 0.0), (cube, 0.0), (cube, 1.0), (cube + [0, 0, 0.12], 1.0)):
+    arm.drive_to(_pose_at(episode.start_state, position, gripper), 8)
+print(json.dumps({"goals": len(episode.goal_images), "untouched": untouched, "before": success_before,
+                  "after": arm.check_success(), "distinct": len({g.tobytes() for g in episode.goal_images})}))
+"""
+    done = subprocess.run([str(ROBOSUITE_PYTHON), "-c", script], capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["goals"] == 4 and report["distinct"] == 4
+    assert report["untouched"], "rendering the goals must restore the simulator state exactly"
+    assert report["before"] is False and report["after"] is True, "the scripted grasp the goals show really lifts"
