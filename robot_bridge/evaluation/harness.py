@@ -7,6 +7,7 @@ silence, stop) a lab's arm uses, for a budget of executed plans. The episode is 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,6 +61,10 @@ class EvalPlan:
 def run_episodes(plan: EvalPlan, service: ServiceClient, bridge_endpoint: str, arm, limits: SafetyLimits,
                  log=print) -> list[EpisodeResult]:
     plan.out.mkdir(parents=True, exist_ok=True)
+    # The planner searches the box the arm accepts (robosuite's table is below its base: z < 0).
+    planner = {"workspace_min": list(limits.workspace_low), "workspace_max": list(limits.workspace_high),
+               **plan.planner}
+    plan = dataclasses.replace(plan, planner=planner)
     rate = plan.rate or control_rate(service, arm, plan.planner)
     log(f"control rate {rate:.2f} Hz (each plan must arrive within one period)")
     results = []
