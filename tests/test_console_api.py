@@ -134,13 +134,17 @@ def test_session_events_stream_steps_and_the_robot_then_end_when_the_session_sto
             for seq in (1, 2, 3):
                 arm.send(observation(seq))
                 receive_one(arm, ActionMessage)
-            events = read_events(stream, lambda got: sum(kind == "step" for kind, _, _ in got) == 3)
+            events = read_events(stream, lambda got: sum(kind == "step" for kind, _, _ in got) == 3
+                                 and any(kind == "robot" and data["last_seq"] == 3 for kind, data, _ in got))
         steps = [(data["step"], data["seq"], event_id) for kind, data, event_id in events if kind == "step"]
         assert steps == [(1, 1, "1"), (2, 2, "2"), (3, 3, "3")]
         assert all(np.isfinite(data["energy"]) and data["plan_ms"] > 0 for kind, data, _ in events if kind == "step")
         assert events[0][0] == "session" and events[0][1]["id"] == session["id"]
-        robot_seqs = [data["last_seq"] for kind, data, _ in events if kind == "robot"]
-        assert robot_seqs and robot_seqs == sorted(robot_seqs) and robot_seqs[-1] <= 3
+        robots = [data for kind, data, _ in events if kind == "robot"]
+        assert all(robot["robot_id"] == "arm-live" and robot["connected"] for robot in robots)
+        seqs = [robot["last_seq"] for robot in robots if robot["last_seq"] is not None]
+        assert seqs == sorted(set(seqs)) and seqs[-1] == 3  # sent on change only
+        assert robots[-1]["state"] == pytest.approx((STATE + 0.003).tolist())
 
         # A reconnecting reader resumes after the last step it saw; the stream ends once the session stops.
         http.post(f"/v1/sessions/{session['id']}/stop")

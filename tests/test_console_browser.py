@@ -55,7 +55,7 @@ def service(tmp_path):
     arm = None
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(f"{url}/readyz", 200)
+        wait_for(f"{url}/readyz", 200, timeout=180)  # a loaded CI machine starts slowly
         arm = subprocess.Popen([sys.executable, "-m", "server.cli", "sim-arm", "--endpoint", bridge, "--robot-id", "sim0",
                                 "--image-size", "64", "--summary", str(tmp_path / "arm-summary.json")],
                                env=env, stdout=arm_log, stderr=subprocess.STDOUT)

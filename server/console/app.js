@@ -316,6 +316,7 @@ function onEvent(live, event) {
     if (data.status !== "active") refreshSessions().catch(fail);
   } else if (event.type === "step") {
     live.steps.push(data);
+    if (live.steps.length > 2000) live.steps.splice(0, live.steps.length - 1000);  // the charts show the last 200
     addStepRow(data);
     vectorRow("arm-action", data.action);
     drawCharts(live);

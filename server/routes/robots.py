@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from ..auth import require_api_key
-from ..errors import NotFound
+from ..errors import Conflict, NotFound
 from ..schemas import Goal
 from ..service import PlanningService
 from .deps import API_PREFIX, error_responses, get_service
@@ -73,16 +73,24 @@ def _view(service: PlanningService, robot_id: str):
     return view
 
 
-def _latest_pixels(service: PlanningService, robot_id: str):
+def _latest_observation(service: PlanningService, robot_id: str):
     view = _view(service, robot_id)
     if view.last_observation is None:
         raise NotFound(f"robot {robot_id!r} has not sent an observation yet", code="no_observation")
-    return view.last_observation, view.last_observation.image.decode()
+    return view.last_observation
 
 
-def _png(pixels) -> bytes:
+def _png(observation) -> bytes:
+    """The observation's frame as PNG (decoding a JPEG and encoding take milliseconds: call off the event loop)."""
     from PIL import Image
 
+    from robot_bridge.protocol import ProtocolError
+
+    try:
+        pixels = observation.image.decode()
+    except ProtocolError as error:  # the bridge checks a JPEG's header on arrival, its body only here
+        raise Conflict(f"the robot's newest frame (seq {observation.seq}) does not decode: {error.message}",
+                       code="frame_undecodable") from None
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
@@ -99,23 +107,23 @@ def get_robot(robot_id: str, service: PlanningService = Depends(get_service)) ->
 
 
 @router.get("/robots/{robot_id}/frame", response_class=Response, responses={
-    200: {"content": {"image/png": {}}, "description": "the robot's newest camera frame"}, **error_responses(401, 404)})
+    200: {"content": {"image/png": {}}, "description": "the robot's newest camera frame"}, **error_responses(401, 404, 409)})
 async def get_robot_frame(robot_id: str, service: PlanningService = Depends(get_service)) -> Response:
-    observation, pixels = _latest_pixels(service, robot_id)
-    png = await asyncio.to_thread(_png, pixels)
+    observation = _latest_observation(service, robot_id)
+    png = await asyncio.to_thread(_png, observation)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store", "X-Seq": str(observation.seq)})
 
 
 @router.post("/goals/from-robot/{robot_id}", status_code=201, response_model=Goal, tags=["goals"],
-             responses=error_responses(401, 404, 422, 503))
+             responses=error_responses(401, 404, 409, 422, 503))
 async def goal_from_robot(
     robot_id: str,
     name: str | None = Query(None, max_length=200, description="goal name (default: the robot id and seq)"),
     service: PlanningService = Depends(get_service),
 ) -> Goal:
     """Store the robot's newest camera frame as a goal image (PNG), with where it came from as metadata."""
-    observation, pixels = _latest_pixels(service, robot_id)
-    png = await asyncio.to_thread(_png, pixels)
+    observation = _latest_observation(service, robot_id)
+    png = await asyncio.to_thread(_png, observation)
     metadata = {"source": "robot", "robot_id": robot_id, "seq": observation.seq,
                 "state": [float(v) for v in observation.state]}
     goal = await service.goals.add(png, name or f"{robot_id} frame {observation.seq}", metadata)
@@ -124,8 +132,11 @@ async def goal_from_robot(
 
 @router.post("/sessions/stop-all", response_model=StopAll, tags=["sessions"], responses=error_responses(401))
 def stop_all(service: PlanningService = Depends(get_service)) -> StopAll:
-    """Emergency stop: stop every active session, then send `stop` to every connected arm, with or
-    without a session (an arm obeys a stop at once: it holds and ends its control loop)."""
+    """Emergency stop: send `stop` to every connected arm, with or without a session (an arm obeys
+    a stop at once: it holds and ends its control loop), then stop every active session."""
+    robots = [view.robot_id for view in _views(service)]
+    for robot_id in robots:  # the arms first: nothing else stands between an arm and a stop
+        service.bridge.send_stop(robot_id, STOP_ALL_REASON)
     stopped = []
     while True:  # a page at a time until none is left active (sessions created meanwhile are stopped too)
         active = service.sessions.list("active", None, 1000, 0)
@@ -134,7 +145,4 @@ def stop_all(service: PlanningService = Depends(get_service)) -> StopAll:
         for record in active:
             service.sessions.stop(record.id)
             stopped.append(record.id)
-    robots = [view.robot_id for view in _views(service)]
-    for robot_id in robots:
-        service.bridge.send_stop(robot_id, STOP_ALL_REASON)
     return StopAll(stopped_sessions=stopped, robots_stopped=robots)
