@@ -170,3 +170,15 @@ def test_stop_all_stops_every_session_and_sends_stop_to_every_connected_arm(serv
         assert receive_one(busy, StopMessage) and receive_one(idle, StopMessage)
     assert http.get("/v1/sessions", params={"status": "active"}).json()["items"] == []
     assert http.post("/v1/sessions/stop-all").json()["stopped_sessions"] == []
+
+
+def test_a_frame_whose_jpeg_body_is_corrupt_is_a_clear_conflict_not_a_server_error(server, http):
+    whole = ImagePayload.from_array(frame(5), "jpeg")
+    # The header (and so the size) is intact, the body cut in half: the bridge admits it, decoding fails.
+    broken = ImagePayload(format="jpeg", data=whole.data[: len(whole.data) // 2], height=32, width=32)
+    with BridgeConnection(server.bridge.endpoint, "arm-broken") as arm:
+        say_hello(arm)
+        arm.send(ObservationMessage(seq=1, timestamp=time.time(), image=broken, state=STATE))
+        wait_for_robot(http, "arm-broken", 1)
+        assert "does not decode" in assert_error(http.get("/v1/robots/arm-broken/frame"), 409, "frame_undecodable")["message"]
+        assert_error(http.post("/v1/goals/from-robot/arm-broken"), 409, "frame_undecodable")
