@@ -145,23 +145,34 @@ def test_operator_drives_the_sim_arm_from_the_console(service, page):
     assert widths == [64, 64]  # the thumbnails are the goal images themselves, fetched with the key
     screenshot(page, "#goals-view", "goals", tmp_path)
 
-    # a session for the arm, then the live view fills in
+    # a session for the arm with two sub-goals (the frame first), then the live view fills in
     page.click(f"button[aria-label='add {from_robot} to the session\\'s goals']")
+    page.click("button[aria-label='add cube left to the session\\'s goals']")
+    expect(page.locator("#goal-sequence li")).to_have_count(2)
+    page.fill("#subgoal-max-steps", "50")
     page.select_option("#session-robot", "sim0")
     page.select_option("#planner-preset", "server default")
     page.click("#start-session")
     expect(page.locator("#energy-chart")).to_have_attribute("data-points", AT_LEAST_3)
     expect(page.locator("#plan-chart")).to_have_attribute("data-points", AT_LEAST_3)
-    for image in ("#live-frame", "#live-goal"):
+    for image in ("#live-frame", "#live-goal", "#live-final"):
         expect(page.locator(image)).to_have_attribute("src", re.compile("^blob:"))
     expect(page.locator("#arm-state td")).to_have_count(7)
     assert page.locator("#step-table tbody tr").count() >= 3
     assert "points, latest" in page.get_attribute("#energy-chart", "aria-label")
     session = http.get("/v1/sessions", params={"status": "active"}).json()["items"]
-    assert [s["robot_id"] for s in session] == ["sim0"] and session[0]["goal_ids"] == [stored[from_robot]["id"]]
+    assert [s["robot_id"] for s in session] == ["sim0"] and session[0]["goal_ids"] == [stored[from_robot]["id"], stored["cube left"]["id"]]
+    assert session[0]["subgoal_max_steps"] == 50
+    expect(page.locator("#live-goal-caption")).to_have_text("current sub-goal: 1 of 2")
     page.locator(f"#session-table tr[data-session='{session[0]['id']}']").wait_for()
     screenshot(page, "#robots-view", "robots", tmp_path)
     screenshot(page, "#live-view", "live", tmp_path)
+
+    # accessible names: every control has a label, every button says what it does (goal cards and session rows included)
+    unnamed = page.evaluate("""() => [...document.querySelectorAll('input, select, button')]
+        .filter((e) => !(e.labels && e.labels.length) && !(e.getAttribute('aria-label') || e.textContent.trim()))
+        .map((e) => e.outerHTML)""")
+    assert unnamed == []
 
     # the emergency stop, from the keyboard: the arm is told to stop and ends its control loop
     page.focus("#stop-all")

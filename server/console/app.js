@@ -247,11 +247,12 @@ $("stop-all").addEventListener("click", guard(async () => {
 // --- live view: Server-Sent Events read with fetch (so the key goes in a header) -------------
 async function watch(sessionId) {
   if (state.live) state.live.abort.abort();
-  const live = { session: null, steps: [], abort: new AbortController(), frameSeq: null, frameBusy: false, goalShown: null };
+  const live = { session: null, steps: [], abort: new AbortController(), frameSeq: null, frameBusy: false, goalShown: null, finalShown: null };
   state.live = live;
   $("live-title").textContent = `session ${short(sessionId)}`;
   $("step-table").tBodies[0].replaceChildren();
-  for (const id of ["live-frame", "live-goal"]) $(id).removeAttribute("src");
+  for (const id of ["live-frame", "live-goal", "live-final"]) $(id).removeAttribute("src");
+  $("live-final-figure").hidden = true;
   drawCharts(live);
   location.hash = "#live-view";
   listen(live, sessionId);
@@ -311,7 +312,14 @@ function onEvent(live, event) {
     if (goal && goal !== live.goalShown) {
       live.goalShown = goal;
       blobUrl(`/v1/goals/${goal}/image`).then((url) => setImage("live-goal", url)).catch(fail);
-      $("live-goal-caption").textContent = `goal ${data.goal_index + 1} of ${data.goal_ids.length}`;
+      $("live-goal-caption").textContent = data.goal_ids.length > 1
+        ? `current sub-goal: ${data.goal_index + 1} of ${data.goal_ids.length}` : "goal";
+    }
+    const final = data.goal_ids[data.goal_ids.length - 1];
+    $("live-final-figure").hidden = data.goal_ids.length < 2;
+    if (data.goal_ids.length > 1 && final !== live.finalShown) {
+      live.finalShown = final;
+      blobUrl(`/v1/goals/${final}/image`).then((url) => setImage("live-final", url)).catch(fail);
     }
     if (data.status !== "active") refreshSessions().catch(fail);
   } else if (event.type === "step") {
