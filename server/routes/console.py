@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from ..auth import require_api_key
+from ..errors import NotFound
 from ..schemas import Session, Step
 from ..service import PlanningService
 from ..storage import ACTIVE
@@ -53,8 +54,6 @@ def console_asset(name: str) -> FileResponse:
     # Only the files that ship in server/console/ by exact name: no path ever reaches the file system.
     shipped = {path.name for path in CONSOLE_DIR.iterdir() if path.suffix in _MEDIA_TYPES and path.name != "index.html"}
     if name not in shipped:
-        from ..errors import NotFound
-
         raise NotFound(f"no console file {name!r}")
     return _static(name)
 
