@@ -114,6 +114,9 @@ def test_operator_drives_the_sim_arm_from_the_console(service, page):
 
     page.goto(url)
     page.locator("#key-dialog").wait_for(state="visible")  # every data call needs the key: it is asked once
+    page.fill("#key-input", "not-the-key")
+    page.press("#key-input", "Enter")
+    expect(page.locator("#key-reason")).to_contain_text("invalid API key")  # asked again, saying why
     page.fill("#key-input", API_KEY)
     page.press("#key-input", "Enter")
     # (waits go through locators: the page's Content-Security-Policy forbids the eval behind wait_for_function)
