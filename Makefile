@@ -11,13 +11,16 @@ endif
 MUJOCO_GL ?= egl
 export MUJOCO_GL
 DEBIAN_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6
+# The console's browser tests drive Debian's Chromium (Playwright's own browser download is unreachable).
+BROWSER_PACKAGE := chromium
 
-.PHONY: setup system-deps test demo bench clean robosuite
+.PHONY: setup system-deps browser-deps test demo bench clean robosuite
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
+	@$(MAKE) --no-print-directory browser-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
@@ -33,6 +36,17 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else \
 		echo "MuJoCo needs: sudo apt-get install -y $$missing"; \
+	fi
+
+# Optional: without Chromium the console's browser tests skip and say why; setup goes on.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		echo "installing $(BROWSER_PACKAGE) (for the console's browser tests)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGE) >/dev/null; } \
+			|| echo "could not install $(BROWSER_PACKAGE): the console's browser tests will be skipped"; \
+	else \
+		echo "the console's browser tests need: sudo apt-get install -y $(BROWSER_PACKAGE)"; \
 	fi
 
 # robosuite pins mujoco 3.3.x and numpy 1.26: its arm runs from its own torch-free environment.

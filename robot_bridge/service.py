@@ -75,6 +75,20 @@ class _Robot:
     pending: ObservationMessage | None = None
     queued: bool = False       # waiting in the ready queue for a planner thread
     planning: bool = False     # a planner thread is on it now
+    latest: ObservationMessage | None = None   # newest valid observation, kept for operators (read-only views)
+    latest_at: float | None = None             # its wall-clock arrival time (time.time())
+
+
+@dataclass(frozen=True)
+class RobotView:
+    """What an operator may see of a connected arm: a snapshot, never the bridge's own state."""
+    robot_id: str
+    camera_height: int
+    camera_width: int
+    control_hz: float
+    last_seen_at: float                        # wall clock of its last message (hello, observation, heartbeat)
+    last_observation_at: float | None
+    last_observation: ObservationMessage | None
 
 
 class BridgeService:
@@ -208,6 +222,14 @@ class BridgeService:
     def robots(self) -> list[str]:
         with self._work:
             return sorted(rid.decode() for rid in self._robots)
+
+    def robot_views(self) -> list[RobotView]:
+        """Read-only snapshots of the connected arms with their newest observation, by robot id."""
+        wall_offset = time.time() - time.monotonic()
+        with self._work:
+            return [RobotView(rid.decode(), r.hello.camera_height, r.hello.camera_width, r.hello.control_hz,
+                              r.last_seen + wall_offset, r.latest_at, r.latest)
+                    for rid, r in sorted(self._robots.items())]
 
     def stats(self) -> dict[str, int]:
         """Monotonic counters (plus robots_active, a gauge) for metrics."""
@@ -368,6 +390,7 @@ class BridgeService:
                 raise ProtocolError(ErrorCode.BAD_IMAGE, f"image is {observation.image.height}x{observation.image.width}, "
                                     f"hello announced {expected[0]}x{expected[1]}", observation.seq)
             robot.last_seq, robot.last_seen = observation.seq, now
+            robot.latest, robot.latest_at = observation, time.time()
             if robot.pending is not None:
                 self._count("observations_dropped_stale")
             robot.pending = observation

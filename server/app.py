@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 
 from .errors import ServiceError
 from .middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware, UnexpectedErrorMiddleware
-from .routes import goals, health, model, sessions
+from .routes import console, goals, health, model, robots, sessions
 from .schemas import error_body
 from .service import PlanningService
 
@@ -46,6 +46,9 @@ def create_app(service: PlanningService) -> FastAPI:
 
     for resource in (goals, sessions, model, health):
         app.include_router(resource.router)
+    for resource in (robots, console):  # the operator console: its page at /, robots, live session events
+        app.include_router(resource.router)
+    app.include_router(console.page_router)
 
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -31,6 +31,7 @@ def start_bridge(service: PlanningService):
     bridge = BridgeService(settings.bridge, make_plan_callback(service), keys=keys,
                            session_info=make_session_info(service)).start()
     service.metrics.bridge.read_stats = bridge.stats
+    service.bridge = bridge
     service.sessions.stop_listeners.append(lambda record: bridge.send_stop(record.robot_id, f"session {record.id} stopped"))
     service.on_stop(bridge.close)
     return bridge

@@ -34,6 +34,7 @@ class PlanningService:
         self.metrics.worker_queue.set_function(lambda: self.worker.queued)
         self.metrics.model_ready.set_function(lambda: 1.0 if self.worker.ready else 0.0)
         self._stoppers: list[Callable[[], Any]] = []
+        self.bridge: Any = None  # the ZeroMQ BridgeService when one runs (set by bridge_link.start_bridge)
         self._closed = False
 
     def start(self) -> None:
