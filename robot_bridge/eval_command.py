@@ -98,14 +98,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(plan, args: argparse.Namespace) -> int:
     from .evaluation.harness import run_episodes, summarize, write_summary
-    from .evaluation.service import RejectedSettings, ServiceClient, ServiceError, ServiceProcess
+    from .service_process import RejectedSettings, ServiceClient, ServiceError, ServiceProcess
 
     try:
         if args.http is not None:
             service_process, url, endpoint = None, args.http, args.endpoint
         else:
-            service_process = ServiceProcess(args.model, args.seed if args.random_init else None, args.device,
-                                             args.threads).__enter__()
+            service_process = ServiceProcess(args.model, random_init_seed=args.seed if args.random_init else None,
+                                             device=args.device, threads=args.threads).__enter__()
             url, endpoint = service_process.url, service_process.bridge_endpoint
     except ServiceError as error:
         print(f"jepa-planner eval: the model did not load: {error}", file=sys.stderr)

@@ -18,7 +18,7 @@ from robot_bridge.arm import SafetyLimits
 from robot_bridge.client import ArmClient, Subscriber
 
 from .media import plot_energies, write_episode_media
-from .service import ServiceClient
+from ..service_process import ServiceClient
 from .tasks import Episode, make_episode
 
 # Observed L1 energy between the current image's latent and a sub-goal's: with the demo model, 1 cm

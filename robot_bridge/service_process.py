@@ -1,8 +1,8 @@
-"""The planning service as an evaluation sees it: a separate `jepa-planner serve` process and its HTTP API.
+"""The planning service as its arm-side clients see it: a separate `jepa-planner serve` process and its HTTP API.
 
-Evaluations are clients of the service, like a lab's arm and operator: they start (or are pointed
-at) a real service, upload goal images, open sessions over HTTP and drive the arm over ZeroMQ.
-Nothing here imports torch, so the harness also runs from a simulator's own environment.
+Evaluations and benchmarks are clients of the service, like a lab's arm and operator: they start (or
+are pointed at) a real service, upload goal images, open sessions over HTTP and drive arms over
+ZeroMQ. Nothing here imports torch, so it also runs from a simulator's own environment.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class ServiceError(RuntimeError):
@@ -49,44 +49,54 @@ def service_python() -> str:
 
 
 class ServiceProcess:
-    """`with ServiceProcess(model=...) as service:` a real `jepa-planner serve` on free loopback ports."""
+    """`with ServiceProcess(model=...) as service:` a real `jepa-planner serve` on free loopback ports,
+    with its own data directory (a temporary one unless given) and `serve.log` there."""
 
-    def __init__(self, model: str = "demo", random_init_seed: int | None = None, device: str = "auto",
-                 threads: int | None = None, load_timeout_s: float = 300.0):
+    def __init__(self, model: str = "demo", *, random_init_seed: int | None = None, device: str | None = None,
+                 threads: int | None = None, env: dict[str, str] | None = None, data_dir: Path | None = None,
+                 load_timeout_s: float = 300.0):
         self.model, self.random_init_seed, self.device = model, random_init_seed, device
-        self.threads, self.load_timeout_s = threads, load_timeout_s
+        self.threads, self.env, self.data_dir, self.load_timeout_s = threads, env, data_dir, load_timeout_s
         self.url = self.bridge_endpoint = ""
+        self.log_path: Path | None = None
         self._process: subprocess.Popen | None = None
         self._scratch: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> "ServiceProcess":
-        self._scratch = tempfile.TemporaryDirectory(prefix="jepa-eval-service-")
+        if self.data_dir is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="jepa-service-")
+            self.data_dir = Path(self._scratch.name)
         port, bridge_port = _free_port(), _free_port()
         self.url, self.bridge_endpoint = f"http://127.0.0.1:{port}", f"tcp://127.0.0.1:{bridge_port}"
-        command = [service_python(), "-m", "server.cli", "serve", "--model", self.model, "--device", self.device,
-                   "--port", str(port), "--bridge", self.bridge_endpoint, "--data-dir", self._scratch.name,
-                   "--log-level", "warning"]
+        command = [service_python(), "-m", "server.cli", "serve", "--model", self.model, "--port", str(port),
+                   "--bridge", self.bridge_endpoint, "--data-dir", str(self.data_dir), "--log-level", "warning"]
+        if self.device:
+            command += ["--device", self.device]
         if self.random_init_seed is not None:
             command += ["--random-init", str(self.random_init_seed)]
-        env = dict(os.environ)
+        env = {**os.environ, **(self.env or {})}
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)  # torch's intra-op threads for planning
-        log_path = Path(self._scratch.name) / "serve.log"
-        self._log = log_path.open("wb")
+        self.log_path = self.data_dir / "serve.log"
+        self._log = self.log_path.open("wb")
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
         try:
-            self._wait_ready(log_path)
+            self._wait_ready()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
-    def _wait_ready(self, log_path: Path) -> None:
+    def log_tail(self, characters: int = 1500) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-characters:].strip()
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.load_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise ServiceError(f"the service exited ({self._process.returncode}) before it was ready: "
-                                   + log_path.read_text(errors="replace")[-1500:].strip())
+                                   + self.log_tail())
             try:
                 ready = httpx.get(f"{self.url}/readyz", timeout=2)
             except httpx.HTTPError:
@@ -96,7 +106,7 @@ class ServiceProcess:
             if ready is not None and ready.status_code == 503 and "failed" in ready.text:
                 raise ServiceError(f"the model did not load: {ready.text}")
             time.sleep(0.2)
-        raise ServiceError(f"the service was not ready within {self.load_timeout_s:.0f} s")
+        raise ServiceError(f"the service was not ready within {self.load_timeout_s:.0f} s: {self.log_tail()}")
 
     def __exit__(self, *exc_info) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -106,8 +116,9 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        if self._scratch is not None:
+        if self.log_path is not None:
             self._log.close()
+        if self._scratch is not None:
             self._scratch.cleanup()
 
 
