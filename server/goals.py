@@ -6,6 +6,7 @@ unreadable is encoded again from the stored image; a goal whose image is gone is
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -85,9 +86,15 @@ class GoalLibrary:
         return goal
 
     def get(self, goal_id: str) -> GoalRecord:
+        """The goal; one whose stored metadata breaks today's bounds comes back without it (logged
+        once), so it can still be looked at and deleted."""
         goal = self.storage.get_goal(goal_id)
         if goal is None:
             raise NotFound(f"goal {goal_id!r} not found")
+        problem = metadata_problem(goal.metadata)
+        if problem is not None:
+            self.storage.report_bad_goal(goal_id, problem)
+            return dataclasses.replace(goal, metadata={})
         return goal
 
     def list(self, limit: int, offset: int) -> list[GoalRecord]:

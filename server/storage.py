@@ -314,8 +314,16 @@ class Storage:
                            "space (or move JEPA_DATA_DIR to a larger disk) and retry")
 
     def get_goal(self, goal_id: str) -> GoalRecord | None:
+        """The goal, or None. A row whose metadata cannot be read comes back with empty metadata
+        (logged once), so the goal can still be looked at and deleted."""
         rows = self._query("SELECT * FROM goals WHERE id = ?", (goal_id,))
-        return _goal_from_row(rows[0]) if rows else None
+        if not rows:
+            return None
+        try:
+            return _goal_from_row(rows[0])
+        except (ValueError, TypeError, RecursionError) as error:
+            self.report_bad_goal(goal_id, f"unreadable row: {type(error).__name__}")
+            return _goal_from_row(rows[0], metadata={})
 
     def list_goals(self, limit: int = 100, offset: int = 0) -> list[GoalRecord]:
         """A page of goals; a row that cannot be read back is skipped (and logged once)."""
@@ -467,11 +475,11 @@ class _Transaction:
             raise exc
 
 
-def _goal_from_row(row: sqlite3.Row) -> GoalRecord:
+def _goal_from_row(row: sqlite3.Row, metadata: dict[str, Any] | None = None) -> GoalRecord:
     return GoalRecord(
         id=row["id"], created_at=row["created_at"], name=row["name"], image_format=row["image_format"],
         width=row["width"], height=row["height"], size_bytes=row["size_bytes"], sha256=row["sha256"],
-        metadata=json.loads(row["metadata"]),
+        metadata=json.loads(row["metadata"]) if metadata is None else metadata,
     )
 
 

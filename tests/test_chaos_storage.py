@@ -40,11 +40,15 @@ def test_deeply_nested_metadata_is_422_stores_nothing_and_listing_survives_old_b
         assert len(client.get("/v1/goals").json()["items"]) == 1
         assert len(list((tmp_path / "goals").iterdir())) == 1
         # Rows stored before the bounds existed (or damaged on disk) are left out, not a 500.
+        bad_ids = [uuid.uuid4().hex, uuid.uuid4().hex]
         with contextlib.closing(sqlite3.connect(tmp_path / "jepa.sqlite3")) as db, db:
-            for metadata in (json.dumps(nested(300)), "{not json"):
-                db.execute("INSERT INTO goals VALUES (?, 0, NULL, 'png', 64, 64, 1, '', ?)", (uuid.uuid4().hex, metadata))
+            for goal_id, metadata in zip(bad_ids, (json.dumps(nested(300)), "{not json")):
+                db.execute("INSERT INTO goals VALUES (?, 0, NULL, 'png', 64, 64, 1, '', ?)", (goal_id, metadata))
         listing = client.get("/v1/goals")
         assert listing.status_code == 200 and len(listing.json()["items"]) == 1
+        for goal_id in bad_ids:  # each can still be looked at (without its metadata) and deleted
+            assert client.get(f"/v1/goals/{goal_id}").json()["metadata"] == {}
+            assert client.delete(f"/v1/goals/{goal_id}").status_code == 204
 
 
 def test_a_truncated_latent_cache_is_re_encoded_from_the_goal_image(tmp_path):
