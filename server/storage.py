@@ -16,9 +16,9 @@ import io
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
-import shutil
 import threading
 import time
 import uuid
