@@ -73,16 +73,17 @@ class GoalLibrary:
             width=image.width, height=image.height, size_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(), metadata=metadata,
         )
-        encoded = None
+        latent, latent_files = None, None
         if self.worker.ready:
             # Encoding now surfaces model problems at upload time; if the model is still loading the
             # latent is computed when the first session needs it.
-            encoded = await self.worker.call(_encode, image.pixels)
-        del image
-        await asyncio.to_thread(self.storage.add_goal, goal, data, {encoded[0]: encoded[2]} if encoded else None)
-        if encoded is not None:
+            model_key, latent, array = await self.worker.call(_encode, image.pixels)
+            latent_files = {model_key: array}
+        del image  # the decoded pixels are not needed while the files are written
+        await asyncio.to_thread(self.storage.add_goal, goal, data, latent_files)
+        if latent is not None:
             with self._latents_lock:
-                self._latents[goal.id] = encoded[1]
+                self._latents[goal.id] = latent
         return goal
 
     def get(self, goal_id: str) -> GoalRecord:
