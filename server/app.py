@@ -5,13 +5,16 @@ import logging
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from .auth import require_docs_key
 from .errors import ServiceError
-from .middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware, UnexpectedErrorMiddleware
+from .middleware import (BodySizeLimitMiddleware, BodyTimeoutMiddleware, OptionsMiddleware, RequestMetricsMiddleware,
+                         UnexpectedErrorMiddleware, allowed_methods)
 from .routes import console, goals, health, model, robots, sessions
 from .schemas import error_body
 from .service import PlanningService
@@ -20,8 +23,9 @@ log = logging.getLogger(__name__)
 
 # Stable codes for framework-raised errors (HTTPStatus phrases differ between Python versions).
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-               422: "invalid_request", 503: "unavailable"}
+               405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+               415: "unsupported_media_type", 422: "invalid_request", 503: "unavailable"}
+_DOCS_PATHS = {"docs_url": "/docs", "redoc_url": "/redoc", "openapi_url": "/openapi.json"}
 
 
 def create_app(service: PlanningService) -> FastAPI:
@@ -36,13 +40,18 @@ def create_app(service: PlanningService) -> FastAPI:
         finally:
             service.close()
 
+    settings = service.settings
+    docs_open = settings.api_key is None or settings.public_docs
     app = FastAPI(
         title="jepa-planner",
         version="0.1.0",
         summary="Goal-image planning for robot arms on a frozen V-JEPA 2-AC world model",
         lifespan=lifespan,
+        **(_DOCS_PATHS if docs_open else {name: None for name in _DOCS_PATHS}),
     )
     app.state.service = service
+    if not docs_open:
+        _add_docs_behind_the_key(app)
 
     for resource in (goals, sessions, model, health):
         app.include_router(resource.router)
@@ -55,10 +64,30 @@ def create_app(service: PlanningService) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)  # last resort, for errors after a response started
     # Added last = outermost: the size limit guards everything, metrics see every answer (500s too).
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=service.settings.max_upload_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.http_body_timeout_s)
+    app.add_middleware(OptionsMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
     app.add_middleware(UnexpectedErrorMiddleware)
     return app
+
+
+def _add_docs_behind_the_key(app: FastAPI) -> None:
+    """The same three documentation routes FastAPI serves, each needing the API key
+    (JEPA_PUBLIC_DOCS=true serves them open instead)."""
+    guard = [Depends(require_docs_key)]
+
+    @app.get(_DOCS_PATHS["openapi_url"], include_in_schema=False, dependencies=guard)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get(_DOCS_PATHS["docs_url"], include_in_schema=False, dependencies=guard)
+    async def swagger_ui() -> Response:
+        return get_swagger_ui_html(openapi_url=_DOCS_PATHS["openapi_url"], title=f"{app.title} - API docs")
+
+    @app.get(_DOCS_PATHS["redoc_url"], include_in_schema=False, dependencies=guard)
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url=_DOCS_PATHS["openapi_url"], title=f"{app.title} - API docs")
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -66,7 +95,9 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 async def _service_error(_: Request, error: ServiceError) -> Response:
-    return error_response(error.status, error.code, error.message)
+    retry_after = getattr(error, "retry_after_s", None)
+    return error_response(error.status, error.code, error.message,
+                          {"Retry-After": str(retry_after)} if retry_after is not None else None)
 
 
 async def _http_error(request: Request, error: HTTPException) -> Response:
@@ -78,7 +109,10 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
         message = f"{request.method} is not allowed on {request.url.path}"
     else:
         message = error.detail if isinstance(error.detail, str) else status.description
-    return error_response(error.status_code, code, message, getattr(error, "headers", None))
+    headers = getattr(error, "headers", None)
+    if error.status_code == 405:  # every method of the path, not only the first matching route's
+        headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed_methods(request.scope) | {"OPTIONS"}))}
+    return error_response(error.status_code, code, message, headers)
 
 
 async def _validation_error(_: Request, error: RequestValidationError) -> Response:

@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "world-model": ("world_model.bench", "encode ms/image and rollout samples/s, cached vs full"),
     "plan": ("planner.bench", "seconds per planned action: reference-style baseline vs ours"),
     "server": ("server.bench", "act latency percentiles under concurrent sessions"),
+    "hardening": ("server.bench_hardening", "/healthz under slow connections; peak RSS of concurrent large uploads"),
 }
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

@@ -44,3 +44,33 @@ class ModelUnavailable(ServiceError):
 
 class ActTimeout(ServiceError):
     status, code = 504, "act_timeout"
+
+
+class GoalBroken(Conflict):
+    """A stored goal lost its image (and has no usable latent for this model): delete and re-upload it."""
+    code = "goal_broken"
+
+
+class StorageFull(ServiceError):
+    status, code = 507, "storage_full"
+
+
+class Busy(ServiceError):
+    """Too much of one kind of work at once; retry after `retry_after_s`."""
+    status, code = 503, "busy"
+    retry_after_s = 1
+
+
+class StorageUnhealthy(ServiceError):
+    status, code = 503, "storage_unhealthy"
+
+
+class StorageUnusable(Exception):
+    """The database cannot be opened or read at start; the message names the file and what to do."""
+
+    @classmethod
+    def for_database(cls, data_dir, problem: str) -> "StorageUnusable":
+        from .storage import DB_NAME  # storage imports this module
+
+        return cls(f"the database {data_dir / DB_NAME} is unusable ({problem}): restore it from a backup, or move "
+                   "it aside to start with an empty one (its goals and sessions are then lost)")

@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from .app import create_app
+from .http_server import uvicorn_config
 from .service import PlanningService
 
 
@@ -40,7 +41,7 @@ class LocalServer:
         listener.bind(("127.0.0.1", 0))
         host, port = listener.getsockname()
         self.url = f"http://{host}:{port}"
-        config = uvicorn.Config(create_app(self.service), log_level=self.log_level, server_header=False,
+        config = uvicorn_config(create_app(self.service), self.service.settings, log_level=self.log_level,
                                 timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [listener]},

@@ -1,10 +1,13 @@
-"""Pure ASGI middleware: unexpected errors as JSON, request body size limit, request metrics."""
+"""Pure ASGI middleware: unexpected errors as JSON, request body size limit and deadline, OPTIONS
+answers, request metrics."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import ServiceMetrics
@@ -85,6 +88,89 @@ class BodySizeLimitMiddleware:
 
     def _message(self) -> str:
         return f"request body is larger than {self.max_bytes} bytes"
+
+
+class _BodyTimedOut(HTTPException):
+    pass
+
+
+class BodyTimeoutMiddleware:
+    """408 (and the connection closed) when a request's body has not fully arrived within
+    `timeout_s` of the first read: a client trickling bytes cannot hold a request open forever.
+    Reads after the body (waiting for a disconnect) are not timed."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float):
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline: float | None = None
+        body_done = False
+        started = False
+
+        async def timed_receive() -> Message:
+            nonlocal deadline, body_done
+            if body_done:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise _BodyTimedOut(408, self._message(), headers={"Connection": "close"}) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracking_send)
+        except _BodyTimedOut:
+            # Raised outside the app's own error handling (e.g. while another middleware drained).
+            if started:
+                raise
+            await send_error(send, 408, "request_timeout", self._message())
+
+    def _message(self) -> str:
+        return f"the request body did not arrive within {self.timeout_s:g} s (JEPA_HTTP_BODY_TIMEOUT_S)"
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(scope: Scope) -> set[str]:
+    """Every method some route of the app accepts on this request's path (empty: no such path).
+    Asked of the routes through their public `matches`, one method at a time, so that routes
+    nested in included routers count too."""
+    routes = getattr(scope.get("app"), "routes", ())
+    return {method for method in _METHODS
+            if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in routes)}
+
+
+class OptionsMiddleware:
+    """`OPTIONS` on a known path answers 204 with an `Allow` header naming every method of that
+    path (the router alone names only the first route's)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        methods = allowed_methods(scope)
+        if not methods or "OPTIONS" in methods:
+            await self.app(scope, receive, send)  # unknown path (404) or a route that answers OPTIONS itself
+            return
+        allow = ", ".join(sorted(methods | {"OPTIONS"}))
+        await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow.encode())]})
+        await send({"type": "http.response.body", "body": b""})
 
 
 class RequestMetricsMiddleware:

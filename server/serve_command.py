@@ -11,6 +11,8 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
+import sys
 import threading
 
 import uvicorn
@@ -65,7 +67,7 @@ def build_service(settings):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .errors import ServiceError
+    from .errors import ServiceError, StorageUnusable
     from .settings import SettingsError
 
     try:
@@ -80,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
     except ServiceError as error:
         print(f"jepa-planner serve: {error.message}")
         return EXIT_USAGE
+    except StorageUnusable as error:  # one line naming the file and what to do, no traceback
+        print(f"jepa-planner serve: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except sqlite3.DatabaseError as error:  # damage past the goals table, met while loading sessions
+        print(f"jepa-planner serve: {StorageUnusable.for_database(settings.data_dir, str(error))}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         return _serve(service)
     finally:
@@ -89,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 def _serve(service) -> int:
     from .app import create_app
     from .bridge_link import start_bridge
+    from .http_server import uvicorn_config
 
     settings = service.settings
     if settings.bridge:
@@ -97,8 +106,8 @@ def _serve(service) -> int:
         except Exception as error:  # endpoint in use, insecure bind, unreadable keys
             log.error("cannot start the ZeroMQ bridge on %s: %s", settings.bridge, error)
             return EXIT_FAILURE
-    config = uvicorn.Config(create_app(service), host=settings.host, port=settings.port, log_level=settings.log_level,
-                            server_header=False, proxy_headers=False, timeout_graceful_shutdown=10)
+    config = uvicorn_config(create_app(service), settings, host=settings.host, port=settings.port,
+                            log_level=settings.log_level, timeout_graceful_shutdown=10)
     server = _Server(config)
     server.run()
     return EXIT_OK if server.started else EXIT_FAILURE

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .engine import Engine
 from .goals import GoalLibrary
-from .images import decode_image
+from .images import DecodeLimiter
 from .metrics import ServiceMetrics
 from .schemas import parse_state
 from .sessions import ActOutcome, PlannerValidator, SessionRegistry
@@ -29,7 +29,8 @@ class PlanningService:
         self.metrics = ServiceMetrics()
         self.storage = Storage(settings.data_dir)
         self.worker: ModelWorker[Engine] = ModelWorker()
-        self.goals = GoalLibrary(self.storage, self.worker, settings.max_image_pixels)
+        self.decoder = DecodeLimiter(settings.max_image_pixels, settings.max_concurrent_decodes, settings.decode_wait_s)
+        self.goals = GoalLibrary(self.storage, self.worker, self.decoder)
         self.sessions = SessionRegistry(self.storage, self.worker, self.goals, self.metrics, validate_planner)
         self.metrics.worker_queue.set_function(lambda: self.worker.queued)
         self.metrics.model_ready.set_function(lambda: 1.0 if self.worker.ready else 0.0)
@@ -66,7 +67,7 @@ class PlanningService:
         received = time.perf_counter()
         self.sessions.get(session_id)  # 404 before any decoding work
         state = parse_state(state_text)
-        image = await asyncio.to_thread(decode_image, image_bytes, self.settings.max_image_pixels)
+        image = await self.decoder.decode(image_bytes)
         return await self.sessions.act(session_id, image.pixels, state, seq, received, self.settings.act_timeout_s)
 
     def model_info(self) -> dict[str, Any]:

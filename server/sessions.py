@@ -91,7 +91,7 @@ class SessionRegistry:
     def create(self, robot_id: str, goal_ids: list[str], planner_overrides: dict[str, Any],
                schedule: dict[str, Any] | None = None) -> SessionRecord:
         for goal_id in goal_ids:
-            self.goals.get(goal_id)
+            self.goals.check_usable(goal_id)  # 404 unknown, 409 goal_broken without its image
         planner = self.validate_planner(planner_overrides)
         engine = self.worker.model
         if engine is not None:  # while the model loads, model limits are checked at the first act

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV_VAR = "JEPA_CONFIG"
+MIN_NETWORK_API_KEY_LENGTH = 16  # a network-reachable key must resist guessing
 _CONFIG_SOURCES = {
     ".toml": TomlConfigSettingsSource,
     ".yaml": YamlConfigSettingsSource,
@@ -63,9 +64,21 @@ class ServerSettings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir, description="goals, latents and session history")
     api_key: SecretStr | None = Field(None, description="required in X-API-Key (or Authorization: Bearer) when set")
     max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest accepted request body")
-    max_image_pixels: int = Field(4096 * 4096, gt=0, description="largest accepted width*height, checked before decoding")
+    max_image_pixels: int = Field(2048 * 2048, gt=0, description="largest accepted width*height, checked before "
+                                  "decoding (4 MP: one decode stays within tens of MB)")
     planner: dict[str, Any] = Field(default_factory=dict, description="PlannerConfig overrides for every session")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Hostile clients and broken disks (see server/API.md, "Limits").
+    max_connections: int = Field(1000, ge=8, description="open HTTP connections at most (lowered to fit the "
+                                 "descriptor limit); at the cap a new connection evicts the longest-idle one")
+    http_header_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False, description="a connection must send a "
+                                         "request's headers within this long of opening or of its last answer")
+    http_body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False,
+                                       description="a request's whole body must arrive within this long (else 408)")
+    http_keep_alive_s: float = Field(5.0, gt=0, allow_inf_nan=False, description="idle keep-alive connections close after this")
+    max_concurrent_decodes: int = Field(2, ge=1, description="images decoded at once; more wait, then get 503")
+    decode_wait_s: float = Field(10.0, ge=0, allow_inf_nan=False, description="longest a decode waits for a slot")
+    public_docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json without the API key")
 
     @field_validator("api_key")
     @classmethod
@@ -101,6 +114,11 @@ class ServerSettings(BaseSettings):
             raise SettingsError(
                 f"refusing to listen on {self.host!r} without an API key: set --api-key or JEPA_API_KEY, "
                 "or bind 127.0.0.1"
+            )
+        if not self.bind_is_loopback() and len(self.api_key.get_secret_value()) < MIN_NETWORK_API_KEY_LENGTH:
+            raise SettingsError(
+                f"refusing to listen on {self.host!r} with an API key shorter than {MIN_NETWORK_API_KEY_LENGTH} "
+                "characters: use a random one, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
 
 

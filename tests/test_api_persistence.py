@@ -50,8 +50,8 @@ def test_restart_keeps_goals_sessions_history_and_cached_latents(tmp_path):
 
 
 def test_one_sessions_failure_does_not_stall_another(tmp_path):
-    """A session whose goal data vanished from disk fails its own acts (500, JSON, no internals)
-    while another session keeps planning and the worker stays alive."""
+    """A session whose goal data vanished from disk fails its own acts (409 goal_broken, JSON, no
+    internals) while another session keeps planning and the worker stays alive."""
     with start(tmp_path) as first:
         first.wait_ready()
         with httpx.Client(base_url=first.url, timeout=60) as client:
@@ -67,9 +67,8 @@ def test_one_sessions_failure_does_not_stall_another(tmp_path):
         with httpx.Client(base_url=second.url, timeout=60) as client:
             for _ in range(2):
                 failed = act(client, broken["id"])
-                assert failed.status_code == 500
-                assert failed.json()["error"]["code"] == "internal_error"
+                assert failed.status_code == 409
+                assert failed.json()["error"]["code"] == "goal_broken"
                 assert "Traceback" not in failed.text and str(tmp_path) not in failed.text
                 assert act(client, healthy["id"]).status_code == 200
             assert client.get(f"/v1/sessions/{broken['id']}").json()["steps"] == 0
-            assert 'jepa_plan_failures_total{source="http"} 2.0' in client.get("/metrics").text

@@ -68,10 +68,16 @@ def test_bad_config_is_a_clear_error(tmp_path, monkeypatch, name, text, words):
 def test_network_bind_needs_an_api_key(monkeypatch):
     with pytest.raises(SettingsError, match="API key"):
         load_settings(host="0.0.0.0").check_safe_to_serve()
-    load_settings(host="0.0.0.0", api_key="k").check_safe_to_serve()
+    load_settings(host="0.0.0.0", api_key="k" * 16).check_safe_to_serve()
     monkeypatch.setenv("JEPA_API_KEY", "")  # an empty key is no key
     with pytest.raises(SettingsError):
         load_settings(host="::").check_safe_to_serve()
+
+
+def test_network_bind_refuses_a_short_api_key_and_names_the_minimum():
+    with pytest.raises(SettingsError, match="shorter than 16 characters"):
+        load_settings(host="0.0.0.0", api_key="k" * 15).check_safe_to_serve()
+    load_settings(host="127.0.0.1", api_key="k").check_safe_to_serve()  # loopback: any key is the operator's choice
 
 
 @pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.9.9.9", True), ("::1", True),

@@ -1,10 +1,12 @@
 """Liveness, readiness (open to all) and Prometheus metrics (behind the API key when one is set)."""
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Response
 
 from ..auth import require_api_key
-from ..errors import ModelUnavailable
+from ..errors import ModelUnavailable, StorageUnhealthy
 from ..schemas import Health, Readiness
 from ..service import PlanningService
 from .deps import error_responses, get_service
@@ -20,7 +22,11 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses=error_responses(503))
 async def readyz(service: PlanningService = Depends(get_service)) -> Readiness:
-    """200 once the model has loaded; 503 with the reason while loading or after a failed load."""
+    """200 once the model has loaded and storage is healthy (the database reads, the goals table is
+    sound, the data directory takes writes); 503 with the reason otherwise."""
+    problem = await asyncio.to_thread(service.storage.health_problem)
+    if problem is not None:
+        raise StorageUnhealthy(problem)
     if not service.worker.ready:
         raise ModelUnavailable(service.worker.unavailable_reason())
     return Readiness(model=service.settings.model)
