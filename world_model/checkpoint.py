@@ -16,6 +16,7 @@ carries although extrinsics are switched off.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -30,6 +31,7 @@ from torch import nn
 from .config import PRESETS, ModelConfig, PredictorConfig
 from .shapes import ArchitectureError, ArchitectureHints, build_config, contradictions, preset_hints, shape_fields
 from .encoder import VisionTransformer
+from .mapped import releasing_copied_sources
 from .mask_predictor import MaskTokenPredictor
 from .predictor import ACPredictor
 
@@ -218,8 +220,11 @@ def load_checkpoint(
         metadata = {"source": str(path)}
     with torch.device("meta"):
         encoder, predictor = build_modules(config)
-    load_state_strict(encoder, encoder_state, "encoder", path)
-    load_state_strict(predictor, predictor_state, "predictor", path)
+    # Pages of a torch.load(mmap=True) file that loading copies are released as it goes (mapped.py).
+    releasing = releasing_copied_sources() if path.suffix != ".safetensors" else contextlib.nullcontext()
+    with releasing:
+        load_state_strict(encoder, encoder_state, "encoder", path)
+        load_state_strict(predictor, predictor_state, "predictor", path)
     return config, encoder, predictor, metadata
 
 
