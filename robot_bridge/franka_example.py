@@ -1,7 +1,7 @@
 """`jepa-planner convert-franka-example`: the V-JEPA 2 repo's 2-frame Franka clip as an episode.
 
-The reference fixtures (`fixture_*_data.pt` in JEPA_REFERENCE_DIR, default
-../shared/reference/vjepa2 next to the repository) embed the two 256x256 frames of the repo's
+The reference fixtures (`fixture_*_data.pt` in the repository's tests/fixtures/vjepa2, or in a
+folder of JEPA_REFERENCE_DIR) embed the two 256x256 frames of the repo's
 `franka_example_traj.npz` (`preprocessing.franka_uint8_THWC`) and their end-effector states
 (`world_model.franka_states`). The result is a real-robot episode for replay and smoke tests:
 its one action is the DROID label between the two states.
@@ -18,20 +18,30 @@ import numpy as np
 from robot_bridge.episodes import EpisodeWriter
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+# The golden fixtures travel with the repository (a fresh clone needs nothing beside it).
+BUNDLED_FIXTURES = REPOSITORY_ROOT / "tests" / "fixtures" / "vjepa2"
 # DROID clips are sampled at about 4 fps (SPEC section 9); the example keeps that spacing.
 EXAMPLE_FPS = 4.0
 TASK = "franka example trajectory (V-JEPA 2 repository)"
 
 
-def reference_dir() -> Path:
-    return Path(os.environ.get("JEPA_REFERENCE_DIR", REPOSITORY_ROOT.parent / "shared" / "reference" / "vjepa2"))
+def reference_dirs() -> list[Path]:
+    """The reference-fixture folders: the repository's own, then each of JEPA_REFERENCE_DIR (os.pathsep-separated).
+
+    The test suite's fixture discovery uses the same list.
+    """
+    extra = os.environ.get("JEPA_REFERENCE_DIR", "")
+    return [BUNDLED_FIXTURES] + [Path(entry) for entry in extra.split(os.pathsep) if entry]
 
 
-def find_fixture(folder: Path) -> Path:
-    candidates = sorted(folder.glob("fixture_*_data.pt"))
-    if not candidates:
-        raise FileNotFoundError(f"no fixture_*_data.pt in {folder} (set JEPA_REFERENCE_DIR or pass --fixture)")
-    return candidates[0]
+def find_fixture(folders: list[Path]) -> Path:
+    """The first `fixture_*_data.pt` of the first folder that has one."""
+    for folder in folders:
+        candidates = sorted(folder.glob("fixture_*_data.pt"))
+        if candidates:
+            return candidates[0]
+    listed = ", ".join(str(folder) for folder in folders)
+    raise FileNotFoundError(f"no fixture_*_data.pt in {listed} (set JEPA_REFERENCE_DIR or pass --fixture)")
 
 
 def load_franka_example(fixture: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +77,16 @@ def convert(out: Path, fixture: Path) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="new dataset folder")
-    parser.add_argument("--fixture", type=Path, help="a fixture_*_data.pt (default: first one in JEPA_REFERENCE_DIR)")
+    parser.add_argument(
+        "--fixture",
+        type=Path,
+        help="a fixture_*_data.pt (default: the repository's tests/fixtures/vjepa2, then JEPA_REFERENCE_DIR)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        fixture = args.fixture or find_fixture(reference_dir())
+        fixture = args.fixture or find_fixture(reference_dirs())
         convert(args.out, fixture)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"convert-franka-example: {error}", file=sys.stderr)

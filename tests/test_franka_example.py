@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from robot_bridge import franka_example
 from robot_bridge.episodes import EpisodeReader
 from robot_bridge.poses import pose_difference
 from server import cli
@@ -29,7 +30,14 @@ def test_default_fixture_is_found_through_the_reference_dir(reference_folder, tm
     assert EpisodeReader(tmp_path / "franka").frames(0).shape == (2, 256, 256, 3)
 
 
+def test_a_fresh_clone_finds_the_repositorys_own_fixtures(tmp_path, monkeypatch):
+    monkeypatch.delenv("JEPA_REFERENCE_DIR", raising=False)
+    assert cli.main(["convert-franka-example", "--out", str(tmp_path / "franka")]) == 0
+    assert EpisodeReader(tmp_path / "franka").frames(0).shape == (2, 256, 256, 3)
+
+
 def test_missing_fixture_is_a_clear_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(franka_example, "BUNDLED_FIXTURES", tmp_path / "not-checked-out")
     monkeypatch.setenv("JEPA_REFERENCE_DIR", str(tmp_path / "nowhere"))
     assert cli.main(["convert-franka-example", "--out", str(tmp_path / "franka")]) == 2
     assert "JEPA_REFERENCE_DIR" in capsys.readouterr().err

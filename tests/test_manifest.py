@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import reference_dir
+from conftest import manifest_files
 from world_model.checkpoint import IGNORED_PREDICTOR_PREFIXES, architecture_shapes
 from world_model.config import PRESETS, PredictorConfig
 from world_model.rope import rope_slice_dim
 
-MANIFESTS = sorted(reference_dir().glob("manifest_*.json"))
+MANIFESTS = manifest_files()
 
 
 def count(shapes: dict[str, tuple]) -> int:
@@ -24,7 +24,7 @@ def _preset_name(manifest: dict) -> str:
     return manifest["hub_entry_point"].removeprefix("vjepa2_")
 
 
-@pytest.mark.skipif(not MANIFESTS, reason=f"no manifests in {reference_dir()}")
+@pytest.mark.skipif(not MANIFESTS, reason="no manifest_*.json in any reference folder")
 @pytest.mark.parametrize("path", MANIFESTS, ids=[p.stem for p in MANIFESTS])
 def test_architecture_matches_manifest(path: Path):
     manifest = json.loads(path.read_text())
@@ -47,7 +47,7 @@ def test_architecture_matches_manifest(path: Path):
     assert count(predictor_shapes) + count(ignored) == manifest["predictor_param_count"]
 
 
-@pytest.mark.skipif(not MANIFESTS, reason=f"no manifests in {reference_dir()}")
+@pytest.mark.skipif(not MANIFESTS, reason="no manifest_*.json in any reference folder")
 @pytest.mark.parametrize("path", MANIFESTS, ids=[p.stem for p in MANIFESTS])
 def test_numerics_relevant_fields_match_manifest(path: Path):
     """What shapes cannot show: head counts, RoPE split, norm eps, image size, context limit."""

@@ -1,7 +1,9 @@
-"""Parity with the official V-JEPA 2-AC code on every golden fixture in JEPA_REFERENCE_DIR.
+"""Parity with the official V-JEPA 2-AC code on every golden fixture: the repository's own
+(tests/fixtures/vjepa2) and those of every folder in JEPA_REFERENCE_DIR.
 
-Each `fixture_<name>_checkpoint.pt` is loaded through the public loader with the architecture
-rebuilt from the fixture's recorded constructor arguments, then every recorded output is matched:
+Each `fixture_<name>_checkpoint.pt` is loaded through the public loader alone, which reads the
+architecture from the tensors plus the constructor arguments recorded in the fixture's `_data.pt`
+beside it (checked equal to that record), then every recorded output is matched:
 float32 against the float32 fixture (atol 2e-4) and float64 against `*_f64_outputs.pt` (atol 1e-9).
 A fixture dropped into the folder is picked up with no code change.
 """
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fixture_names, reference_dir
+from conftest import fixture_file, fixture_names
 from world_model import ModelConfig, WorldModel, load_world_model
 from world_model.predictor import block_causal_mask
 from world_model.preprocessing import normalize_latents, transform_frames
@@ -24,11 +26,10 @@ CASES = [pytest.param(name, precision, id=f"{name}-{precision}") for name in fix
 
 @functools.lru_cache(maxsize=None)
 def _fixture(name: str, precision: str):
-    folder = reference_dir()
-    data = torch.load(folder / f"fixture_{name}_data.pt", weights_only=True)
-    expected = data if precision == "float32" else torch.load(folder / f"fixture_{name}_f64_outputs.pt", weights_only=True)
-    config = ModelConfig.from_official_config(data["config"])
-    model = load_world_model(folder / f"fixture_{name}_checkpoint.pt", device="cpu", dtype=precision, config=config)
+    data = torch.load(fixture_file(name, "data"), weights_only=True)
+    expected = data if precision == "float32" else torch.load(fixture_file(name, "f64_outputs"), weights_only=True)
+    model = load_world_model(fixture_file(name, "checkpoint"), device="cpu", dtype=precision)
+    assert model.config == ModelConfig.from_official_config(data["config"])
     return data, expected, model
 
 
@@ -56,7 +57,7 @@ def _action_grid(extent: float, steps: int) -> torch.Tensor:
     return torch.cat([xyz, torch.zeros(len(xyz), 4, dtype=xyz.dtype)], dim=1)[:, None]
 
 
-needs_fixtures = pytest.mark.skipif(not CASES, reason=f"no golden fixtures in {reference_dir()}")
+needs_fixtures = pytest.mark.skipif(not CASES, reason="no golden fixtures in any reference folder")
 
 
 @needs_fixtures

@@ -2,19 +2,27 @@
 
 The full recompute (every imagined step re-runs the whole history, as the official planner
 does) is the baseline measured in the same run; `cache_speedup` is cached / full throughput.
+
+`--blocks` instead measures loading (seconds, resident memory) and one encoder block and one
+predictor block, the unit of cost at ViT-g size. `--write-random PATH` writes a released-layout
+checkpoint of random weights for `--preset`'s architecture (e.g. `ac_vit_giant`, 5.3 GB) to load.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from .checkpoint import build_modules
 from .config import PRESETS
 from .model import WorldModel, load_world_model, resolve_device
+from .rope import grid_positions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=8, help="images per encode call")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    parser.add_argument(
+        "--blocks",
+        action="store_true",
+        help="measure load time and memory, one encoder block (one image) and one predictor block "
+        "(--samples frames of one step) instead of encode and rollout",
+    )
+    parser.add_argument(
+        "--write-random", type=Path, metavar="PATH",
+        help="write a released-layout .pt of random weights with --preset's architecture to PATH and exit",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         # A CPU shared with other jobs can be faster on fewer threads than cores.
         torch.set_num_threads(args.threads)
+    if args.write_random:
+        return _write_random(args.preset, args.write_random)
+    if args.blocks:
+        return _run_blocks(args)
     model = _load(args.preset, args.device, args.dtype)
     if args.horizon > model.max_horizon:
         print(f"horizon {args.horizon} exceeds this model's limit of {model.max_horizon}")
@@ -78,6 +100,74 @@ def run(args: argparse.Namespace) -> int:
           f"({result['rollout_ms_cached']:.1f} ms for {args.samples} x {args.horizon} steps)")
     print(f"rollout full:     {result['rollout_samples_per_s_full']:9.0f} samples/s ({result['rollout_ms_full']:.1f} ms)")
     print(f"cache speedup:    {result['cache_speedup']:9.2f}x")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _write_random(preset: str, path: Path) -> int:
+    """Random N(0, 0.02^2) weights in the released layout (`module.` keys), tensor by tensor."""
+    if preset not in PRESETS or not PRESETS[preset].is_action_conditioned:
+        print(f"--write-random needs an action-conditioned preset name, got {preset!r}")
+        return 2
+    with torch.device("meta"):
+        encoder, predictor = build_modules(PRESETS[preset])
+    generator = torch.Generator().manual_seed(0)
+    blob = {
+        part: {f"module.{key}": torch.randn(t.shape, generator=generator).mul_(0.02) for key, t in module.state_dict().items()}
+        for part, module in (("encoder", encoder), ("predictor", predictor))
+    }
+    torch.save(blob, path)
+    print(f"wrote random {preset} weights to {path} ({path.stat().st_size / 2**30:.2f} GiB)")
+    return 0
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
+
+
+def _run_blocks(args: argparse.Namespace) -> int:
+    """Load time and memory, then the median time of one encoder and one predictor block."""
+    rss_before = _rss_mb()
+    start = time.perf_counter()
+    model = _load(args.preset, args.device, args.dtype)
+    load_s = time.perf_counter() - start
+    rss_loaded = _rss_mb()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    generator = torch.Generator().manual_seed(0)
+    encoder, predictor = model.encoder, model.predictor
+    dtype = model.predictor.predictor_proj.weight.dtype
+    tokens = torch.randn(1, model.tokens_per_frame, model.embed_dim, generator=generator).to(model.device, dtype)
+    grid = (1, model.image_size // encoder.config.patch_size, model.image_size // encoder.config.patch_size)
+    rope = encoder._rope.get(grid, lambda: grid_positions(*grid), model.device, model.dtype)
+    width = predictor.config.predictor_embed_dim
+    steps = torch.randn(args.samples, predictor.tokens_per_step, width, generator=generator).to(model.device, dtype)
+    step_rope = predictor._frame_rope(0, 1, steps)
+    with torch.inference_mode(), model._autocast():
+        encoder_s, predictor_s = _median_seconds(
+            [lambda: encoder.blocks[0](tokens, rope), lambda: predictor.predictor_blocks[0](steps, step_rope)],
+            model.device,
+            args.repeats,
+        )
+    result = {
+        "preset": args.preset,
+        "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "load_s": load_s,
+        "load_rss_mb": rss_loaded - rss_before,
+        "load_peak_rss_mb": peak_mb,
+        "encoder_block_ms": 1e3 * encoder_s,
+        "encoder_block_tokens": model.tokens_per_frame,
+        "predictor_block_ms": 1e3 * predictor_s,
+        "predictor_block_tokens": args.samples * predictor.tokens_per_step,
+    }
+    print(f"world model {args.preset} on {result['device']} ({result['dtype']}, {result['threads']} threads)")
+    print(f"load:             {load_s:9.2f} s, resident memory +{result['load_rss_mb']:.0f} MB "
+          f"(process peak {peak_mb:.0f} MB)")
+    print(f"encoder block:    {result['encoder_block_ms']:9.2f} ms ({model.tokens_per_frame} tokens, one image)")
+    print(f"predictor block:  {result['predictor_block_ms']:9.2f} ms ({args.samples} x {predictor.tokens_per_step} tokens)")
     if args.json:
         print(json.dumps(result))
     return 0

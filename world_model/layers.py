@@ -2,6 +2,11 @@
 
 Parameter names (`norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`) are the
 official ones, so released state dicts load without renaming.
+
+In memory, the rows of every `attn.qkv` weight and bias are held in the split-pairs RoPE order
+(`qkv_rows`), permuted once when a state dict is loaded and back when one is written, so
+`state_dict()` and checkpoints keep the official layout bit for bit while attention never
+gathers weight rows per call (at ViT-g that was ~24 MB copied per layer per call).
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mapped import copied_from
 from .rope import rotate_split_pairs, split_pairs_order
 
 
@@ -32,10 +38,8 @@ def _probe_onednn_linear():
 _onednn_linear = _probe_onednn_linear()
 
 
-def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, rows: torch.Tensor | None = None) -> torch.Tensor:
+def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
     """`layer(x)`, optionally followed by exact (erf) GELU, through oneDNN for float32 CPU inference.
-
-    `rows` picks and orders the output features (by gathering weight rows, not outputs).
 
     Why: torch's CPU matmul goes through MKL, whose sgemm runs a slow code path on AMD CPUs
     (measured ~90 GFLOP/s on one Zen core against ~210 GFLOP/s for oneDNN at the predictor's
@@ -44,11 +48,9 @@ def linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False, rows: torch.Te
     activations with forward hooks) take the ordinary path.
     """
     if layer._forward_hooks or layer._forward_pre_hooks:
-        out = layer(x) if rows is None else layer(x)[..., rows]
+        out = layer(x)
         return F.gelu(out) if gelu else out
     weight, bias = layer.weight, layer.bias
-    if rows is not None:
-        weight, bias = weight[rows], None if bias is None else bias[rows]
     compute = _onednn_dtype(x, layer.weight)
     if compute is not None:
         # Under bf16 autocast this is what autocast does to a linear (inputs, weight and bias cast
@@ -112,17 +114,22 @@ class KVCache:
 
 
 @lru_cache
-def _qkv_rows(num_heads: int, head_dim: int, device: torch.device) -> torch.Tensor:
-    """qkv output order with every query and key head in `split_pairs_order` (values untouched)."""
-    # Memoised across calls, so never an inference tensor: training reuses it under autograd.
-    with torch.inference_mode(False):
-        heads = torch.arange(num_heads)[:, None] * head_dim + split_pairs_order(head_dim)
-        dim = num_heads * head_dim
-        return torch.cat([heads.flatten(), dim + heads.flatten(), torch.arange(2 * dim, 3 * dim)]).to(device)
+def qkv_rows(num_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, inverse): official qkv rows -> in-memory rows, every query and key head in
+    `split_pairs_order` (values untouched), and back. CPU index tensors."""
+    heads = torch.arange(num_heads)[:, None] * head_dim + split_pairs_order(head_dim)
+    dim = num_heads * head_dim
+    order = torch.cat([heads.flatten(), dim + heads.flatten(), torch.arange(2 * dim, 3 * dim)])
+    return order, torch.argsort(order)
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with 3-D RoPE on queries and keys, through SDPA."""
+    """Multi-head self-attention with 3-D RoPE on queries and keys, through SDPA.
+
+    `qkv` holds its rows in the split-pairs order (module docstring); the state-dict hooks
+    below translate from and to the official order, so only `Attention.state_dict()` and
+    `load_state_dict()` (or those of a parent) see official rows, `self.qkv.weight` does not.
+    """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -130,6 +137,8 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.register_load_state_dict_pre_hook(_qkv_rows_on_load)
+        self.register_state_dict_post_hook(_qkv_rows_on_save)
 
     def forward(
         self,
@@ -141,14 +150,31 @@ class Attention(nn.Module):
         batch, length, dim = x.shape
         # qkv rows are [q | k | v], each split into heads (heads outermost); queries and keys come
         # in the rotation's split-pairs layout, which leaves q.k unchanged.
-        rows = _qkv_rows(self.num_heads, self.head_dim, x.device)
-        qkv = linear(self.qkv, x, rows=rows).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = linear(self.qkv, x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         queries, keys = rotate_split_pairs(qkv[:2], *rope).unbind(0)
         values = qkv[2]
         if cache is not None:
             keys, values = cache.append(keys, values)
         out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=attn_mask)
         return linear(self.proj, out.transpose(1, 2).reshape(batch, length, dim))
+
+
+def _permute_qkv(attention: Attention, state: dict, prefix: str, which: int) -> None:
+    rows = qkv_rows(attention.num_heads, attention.head_dim)[which]
+    for name in ("qkv.weight", "qkv.bias"):
+        tensor = state.get(prefix + name)
+        # A mis-shaped tensor is left for the strict loader to report by name.
+        if tensor is not None and tensor.dim() >= 1 and tensor.shape[0] == len(rows) and not tensor.is_meta:
+            state[prefix + name] = tensor.index_select(0, rows.to(tensor.device))
+            copied_from(tensor)
+
+
+def _qkv_rows_on_load(attention: Attention, state: dict, prefix: str, *_) -> None:
+    _permute_qkv(attention, state, prefix, 0)
+
+
+def _qkv_rows_on_save(attention: Attention, state: dict, prefix: str, _metadata) -> None:
+    _permute_qkv(attention, state, prefix, 1)
 
 
 class Block(nn.Module):

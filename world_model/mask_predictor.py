@@ -1,8 +1,10 @@
 """Weight layout of the mask-token predictor in the plain V-JEPA 2 files (vitl/vith/vitg/vitg-384).
 
 It exists so that those files load strictly (every key and shape checked) and their encoders
-can be used. Its masked-prediction forward pass belongs to self-supervised pretraining, which
-this project does not do, so it is deliberately not implemented.
+can be used as frozen encoders (e.g. to post-train an AC predictor on one). Its masked-prediction
+forward pass belongs to self-supervised pretraining, which this project does not do, and the golden
+fixtures record no output of it to check an implementation against, so it is deliberately not
+implemented (world_model/README.md).
 """
 from __future__ import annotations
 
@@ -28,4 +30,7 @@ class MaskTokenPredictor(nn.Module):
         self.predictor_proj = nn.Linear(dim, config.embed_dim)
 
     def forward(self, *args, **kwargs):
-        raise NotImplementedError("the plain V-JEPA 2 mask-token predictor is loaded for its weights only")
+        raise NotImplementedError(
+            "the plain V-JEPA 2 mask-token predictor is loaded for its weight layout only; use the file's "
+            "encoder as a frozen encoder (world_model/README.md)"
+        )

@@ -15,6 +15,7 @@ from .config import PRESETS, ModelConfig
 from .encoder import VisionTransformer
 from .predictor import ACPredictor
 from .preprocessing import ImageBatch, normalize_latents, preprocess_images
+from .shapes import ArchitectureHints
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +185,10 @@ def load_world_model(
     dtype: str | torch.dtype = "float32",
     *,
     config: ModelConfig | None = None,
+    encoder_heads: int | None = None,
+    predictor_heads: int | None = None,
+    image_size: int | None = None,
+    num_frames: int | None = None,
     seed: int = 0,
     compile: bool = False,
 ) -> WorldModel:
@@ -193,14 +198,19 @@ def load_world_model(
     * another AC preset name (`ac_vit_giant`, `small`, `tiny`): randomly initialised from `seed`,
       with a warning; useful for tests and benchmarks only.
     * a path: weights loaded strictly; the architecture comes from `config`, the file's
-      architecture record (safetensors) or its shapes (released `.pt`).
+      architecture record (safetensors), or for a released `.pt` from its tensor shapes plus what
+      shapes cannot tell: `encoder_heads`, `predictor_heads`, `image_size` and `num_frames` (the
+      predictor's context, default 64) from these options, else a config record inside the file
+      or beside it (`<name>.config.json`; a fixture's `_data.pt`), else a preset of these shapes.
+      Anything still unknown is a `CheckpointError` that names it.
     `dtype`: "float32" or "float64" set the weights' dtype; "bfloat16" keeps float32 weights and
     runs under bf16 autocast. `compile=True` wraps encoder and predictor blocks in `torch.compile`.
     """
     compute = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if compute not in DTYPES.values():
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    model = _load_modules(source, config, seed)
+    hints = ArchitectureHints(encoder_heads, predictor_heads, image_size, num_frames)
+    model = _load_modules(source, config, hints, seed)
     weights_dtype = torch.float32 if compute == torch.bfloat16 else compute
     model = model.to(device=resolve_device(device), dtype=weights_dtype).eval().requires_grad_(False)
     model.autocast_dtype = torch.bfloat16 if compute == torch.bfloat16 else None
@@ -211,7 +221,7 @@ def load_world_model(
     return model
 
 
-def _load_modules(source: str | os.PathLike, config: ModelConfig | None, seed: int) -> WorldModel:
+def _load_modules(source: str | os.PathLike, config: ModelConfig | None, hints: ArchitectureHints, seed: int) -> WorldModel:
     name = str(source)
     if name in PRESETS and not Path(name).exists():
         if name == "demo":
@@ -226,11 +236,11 @@ def _load_modules(source: str | os.PathLike, config: ModelConfig | None, seed: i
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{source!r} is neither a file nor a preset ({', '.join(PRESETS)})")
-    return _from_file(path, config)
+    return _from_file(path, config, hints)
 
 
-def _from_file(path: Path, config: ModelConfig | None) -> WorldModel:
-    config, encoder, predictor, _ = load_checkpoint(path, config)
+def _from_file(path: Path, config: ModelConfig | None, hints: ArchitectureHints | None = None) -> WorldModel:
+    config, encoder, predictor, _ = load_checkpoint(path, config, hints)
     if not config.is_action_conditioned:
         raise ValueError(f"{path} is a plain V-JEPA 2 checkpoint (mask-token predictor), not an action-conditioned world model")
     return WorldModel(encoder, predictor)
