@@ -144,7 +144,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_alternating(planners: dict, repeats: int, device: torch.device) -> dict[str, tuple[float, Plan]]:
+def time_alternating(planners: dict, repeats: int, device: torch.device) -> dict[str, tuple[float, Plan]]:
     """Median seconds per plan of each planner, runs interleaved so load changes hit both alike."""
     for plan_once in planners.values():
         plan_once()  # warm-up: allocator, kernels, lazy tables
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     def baseline():
         return ReferenceStylePlanner(config, SeededNoise(0, device)).solve(model, context[None], state, goal[None])
 
-    timed = _time_alternating({"baseline": baseline, "ours": ours}, args.repeats, device)
+    timed = time_alternating({"baseline": baseline, "ours": ours}, args.repeats, device)
     (baseline_s, baseline_plan), (ours_s, our_plan) = timed["baseline"], timed["ours"]
     flops = config.iterations * predictor_flops(model.predictor.config, config.samples, config.horizon)
     rows = config.samples * (model.tokens_per_frame + 2)

@@ -28,6 +28,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "world-model": ("world_model.bench", "encode ms/image and rollout samples/s, cached vs full"),
     "plan": ("planner.bench", "seconds per planned action: reference-style baseline vs ours"),
     "server": ("server.bench", "act latency percentiles under concurrent sessions"),
+    "batch": ("planner.batch_bench", "plans/s of N sessions planned together vs one after another"),
+    "fleet": ("robot_bridge.fleet_bench", "N simulated robots over the bridge: batched vs one session at a time"),
 }
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
