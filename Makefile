@@ -12,7 +12,7 @@ MUJOCO_GL ?= egl
 export MUJOCO_GL
 DEBIAN_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6
 
-.PHONY: setup system-deps test demo bench clean
+.PHONY: setup system-deps test demo bench clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ bench: setup
 	$(BIN)/jepa-planner bench world-model
 	$(BIN)/jepa-planner bench plan
 	$(BIN)/jepa-planner bench server
+
+# On a CUDA machine: parity + bf16 on CUDA, ViT-g planning and fleet benchmarks, one JSON (< 8 min).
+gpu-check: setup
+	$(BIN)/jepa-planner gpu-check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("world_model.training.command", "train or post-train a world model"),
     "energy": ("planner.energy_landscape", "plot the energy landscape over an action grid to PNG"),
     "keys": ("robot_bridge.keys", "generate ZeroMQ CURVE key pairs"),
+    "gpu-check": ("server.gpu_check", "on a CUDA machine: parity, bf16, ViT-g plan and fleet benchmarks, one JSON"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {

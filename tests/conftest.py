@@ -10,6 +10,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Where the parity and bf16 tests run their models: cpu here; `make gpu-check` sets cuda.
+TEST_DEVICE = os.environ.get("JEPA_TEST_DEVICE", "cpu")
 
 
 def reference_dir() -> Path:

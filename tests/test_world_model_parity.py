@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fixture_names, reference_dir
+from conftest import TEST_DEVICE, fixture_names, reference_dir
 from world_model import ModelConfig, WorldModel, load_world_model
 from world_model.predictor import block_causal_mask
 from world_model.preprocessing import normalize_latents, transform_frames
@@ -28,18 +28,18 @@ def _fixture(name: str, precision: str):
     data = torch.load(folder / f"fixture_{name}_data.pt", weights_only=True)
     expected = data if precision == "float32" else torch.load(folder / f"fixture_{name}_f64_outputs.pt", weights_only=True)
     config = ModelConfig.from_official_config(data["config"])
-    model = load_world_model(folder / f"fixture_{name}_checkpoint.pt", device="cpu", dtype=precision, config=config)
+    model = load_world_model(folder / f"fixture_{name}_checkpoint.pt", device=TEST_DEVICE, dtype=precision, config=config)
     return data, expected, model
 
 
 def _check(actual: torch.Tensor, expected: torch.Tensor, precision: str, what: str) -> None:
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    error = (actual.double() - expected.double()).abs().max().item()
+    error = (actual.double().cpu() - expected.double()).abs().max().item()
     assert error <= PRECISIONS[precision], f"{what}: max abs error {error:.3g} > {PRECISIONS[precision]:g}"
 
 
 def _cast(model: WorldModel, tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to(model.dtype)
+    return tensor.to(model.device, model.dtype)
 
 
 def _ac_features(model: WorldModel, frames: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ def test_teacher_forced_prediction(name, precision):
     predicted = normalize_latents(raw)
     _check(raw, outputs["tf_pred_raw"], precision, "tf_pred_raw")
     _check(predicted, outputs["tf_pred"], precision, "tf_pred")
-    loss = (predicted - outputs["ac_h"][:, n:n + predicted.shape[1]]).abs().mean()
+    loss = (predicted - _cast(model, outputs["ac_h"][:, n:n + predicted.shape[1]])).abs().mean()
     _check(loss, outputs["loss_jloss"], precision, "loss_jloss")
 
 
@@ -101,14 +101,14 @@ def test_autoregressive_prediction(name, precision):
     data, expected, model = _fixture(name, precision)
     inputs, outputs, n = data["inputs"], expected["outputs"], model.tokens_per_frame
     actions, states = _cast(model, inputs["ac_actions"]), _cast(model, inputs["ac_states"])
-    history = torch.cat([outputs["ac_h"][:, :n], outputs["tf_pred"][:, :n]], dim=1).to(model.dtype)
+    history = _cast(model, torch.cat([outputs["ac_h"][:, :n], outputs["tf_pred"][:, :n]], dim=1))
     with torch.no_grad():
         for step in range(1, data["ar_auto_steps"]):
             raw = model.predictor(history, actions[:, : step + 1], states[:, : step + 1])
             history = torch.cat([history, normalize_latents(raw[:, -n:])], dim=1)
     predicted = history[:, n:]
     _check(predicted, outputs["ar_pred"], precision, "ar_pred")
-    loss = (predicted - outputs["ac_h"][:, n:n + predicted.shape[1]]).abs().mean()
+    loss = (predicted - _cast(model, outputs["ac_h"][:, n:n + predicted.shape[1]])).abs().mean()
     _check(loss, outputs["loss_sloss"], precision, "loss_sloss")
 
 
@@ -174,7 +174,7 @@ def test_rollout_frames_and_energy(name, precision, cached):
     horizon = recorded["rollout_actions"].shape[1]
     frames = model.rollout(context, recorded["rollout_actions"], recorded["rollout_poses"][:, :horizon], cached=cached)
     _check(frames, recorded["rollout_frames"][:, 1:], precision, "rollout_frames")
-    energy = (frames[:, -1].flatten(1) - recorded["rollout_goal_rep"][:, 0].flatten(1).to(frames.dtype)).abs().mean(1)
+    energy = (frames[:, -1].flatten(1) - _cast(model, recorded["rollout_goal_rep"][:, 0].flatten(1))).abs().mean(1)
     _check(energy, recorded["rollout_energy_l1"], precision, "rollout_energy_l1")
 
 
