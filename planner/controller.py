@@ -153,7 +153,7 @@ class RecedingHorizonController:
     def cancellable(self):
         """Around a solve: if it is cancelled, put the noise source back where it was, so a re-plan
         draws the same noise (the rest of the controller only changes in ``finish``)."""
-        noise = self.optimizer._noise_for(self.device)
+        noise = self.optimizer.noise_source(self.device)
         saved = noise_position(noise)
         try:
             yield

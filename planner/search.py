@@ -146,7 +146,8 @@ class SamplingOptimizer:
         self.config = config
         self.noise = noise
 
-    def _noise_for(self, device: torch.device) -> NoiseSource:
+    def noise_source(self, device: torch.device) -> NoiseSource:
+        """The optimiser's noise source, a seeded one on ``device`` made on first use."""
         if self.noise is None:
             self.noise = SeededNoise(self.config.seed, device)
         return self.noise
@@ -165,7 +166,7 @@ class SamplingOptimizer:
         """A fresh run on ``device`` from ``warm_start`` (or the official initial distribution)."""
         state = self.start(device, warm_start)
         mean_momentum, std_momentum = momentum_weights(self.config, device)
-        return SearchRun(state.mean, state.std, self._noise_for(device), mean_momentum, std_momentum, elites=state.elites)
+        return SearchRun(state.mean, state.std, self.noise_source(device), mean_momentum, std_momentum, elites=state.elites)
 
     def propose(self, run: SearchRun) -> torch.Tensor:
         """This iteration's candidates (S, H, 4) [dx, dy, dz, dg], within the search limits."""
