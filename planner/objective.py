@@ -119,13 +119,11 @@ class GoalObjective:
         self.autocast_bf16 = autocast_bf16
         self.cached = cached
 
-    def rollout_inputs(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S, H, 7) actions -> (actions, states) on the device; frame h is imagined at pose h: the
-        current pose, then the chain of composed actions."""
+    def candidate_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """(S, H, 7) action sequences, checked, as float32 on the device."""
         if actions.dim() != 3 or actions.shape[-1] != 7:
             raise ValueError(f"actions must be (S, H, 7), got shape {tuple(actions.shape)}")
-        actions = actions.to(self.device, torch.float32)
-        return actions, chain_poses(self.state, actions)[:, :-1]
+        return actions.to(self.device, torch.float32)
 
     def score(self, frames: torch.Tensor) -> torch.Tensor:
         """(S, H, N, D) imagined latents -> (S,) energies against this objective's goal."""
@@ -162,12 +160,18 @@ def evaluate_together(
     first = objectives[0]
     if any(not can_share_rollout(first, other) for other in objectives[1:]):
         raise ValueError("objectives that share a rollout need the same model, precision and rollout kind")
-    inputs = [objective.rollout_inputs(part) for objective, part in zip(objectives, actions)]
-    if len({part.shape[1] for part, _ in inputs}) != 1:
-        raise ValueError(f"objectives that share a rollout need one horizon, got {sorted({p.shape[1] for p, _ in inputs})}")
-    sizes = [part.shape[0] for part, _ in inputs]
-    all_actions = torch.cat([part for part, _ in inputs]) if len(inputs) > 1 else inputs[0][0]
-    all_states = torch.cat([states for _, states in inputs]) if len(inputs) > 1 else inputs[0][1]
+    parts = [objective.candidate_actions(part) for objective, part in zip(objectives, actions)]
+    if len({part.shape[1] for part in parts}) != 1:
+        raise ValueError(f"objectives that share a rollout need one horizon, got {sorted({p.shape[1] for p in parts})}")
+    sizes = [part.shape[0] for part in parts]
+    if len(parts) == 1:
+        all_actions, starts = parts[0], first.state
+    else:
+        all_actions = torch.cat(parts)
+        starts = torch.cat([objective.state.expand(size, 7) for objective, size in zip(objectives, sizes)])
+    # Frame h is imagined at pose h: the current pose, then the chain of composed actions (one
+    # batched chain for every sample of every objective).
+    all_states = chain_poses(starts, all_actions)[:, :-1]
     bounds = [0]
     for size in sizes:
         bounds.append(bounds[-1] + size)
@@ -186,4 +190,4 @@ def evaluate_together(
             frames = first.model.rollout(context, all_actions[start:stop], all_states[start:stop], cached=first.cached)
         for i, begin, end in pieces:
             energies[i].append(objectives[i].score(frames[begin - start : end - start]))
-    return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in energies]
+    return [scored[0] if len(scored) == 1 else torch.cat(scored) for scored in energies]
