@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from planner.controller import ControlStep, RecedingHorizonController
+from planner.controller import ControlStep, RecedingHorizonController, within_limits
 from planner.objective import GoalObjective, auto_max_batch, evaluate_together
 from planner.search import Plan, SamplingOptimizer, SearchState, ShouldStop, check_stop, plans_on_host, to_actions
 
@@ -45,6 +45,8 @@ def step_together(
             f"need one latent and one state per controller, got {len(controllers)} controllers, "
             f"{len(observation_latents)} latents and {len(states)} states"
         )
+    if not controllers:
+        return []
     if len({id(controller) for controller in controllers}) != len(controllers):
         raise ValueError("a controller appears twice in one step_together call; one step per session per round")
     prepared = [controller.prepare(latent, state) for controller, latent, state in zip(controllers, observation_latents, states)]
@@ -59,8 +61,12 @@ def step_together(
     plans = plans_on_host(plans)  # one host sync for the whole round
     seconds = time.perf_counter() - started  # every session waited for the whole round
     by_index = dict(zip(planning, plans))
+    # Every session's action and target within its limits, in one batched pose composition.
+    wanted = torch.stack([by_index[i].actions[0] if i in by_index else torch.zeros(7) for i in range(len(prepared))])
+    limits = [torch.stack(part) for part in zip(*(controller.limits() for controller in controllers))]
+    actions, targets = within_limits(torch.stack([step.state for step in prepared]), wanted, *limits)
     return [
-        controller.finish(step, by_index.get(index), seconds if index in by_index else 0.0)
+        controller.finish(step, by_index.get(index), seconds if index in by_index else 0.0, (actions[index], targets[index]))
         for index, (controller, step) in enumerate(zip(controllers, prepared))
     ]
 

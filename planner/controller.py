@@ -89,6 +89,7 @@ class RecedingHorizonController:
         self.device = torch.device(model.device)
         self._workspace_min = torch.tensor(config.workspace_min)
         self._workspace_max = torch.tensor(config.workspace_max)
+        self._maxnorm = torch.tensor([config.maxnorm])
         self._initial_std = initial_state(config, self.device).std  # warm starts reset to it (shifted() clones)
         self.set_goals(goals)
 
@@ -161,21 +162,31 @@ class RecedingHorizonController:
             restore_noise_position(noise, saved)
             raise
 
-    def finish(self, prepared: PreparedStep, plan: Optional[Plan], planning_seconds: float) -> ControlStep:
+    def finish(
+        self,
+        prepared: PreparedStep,
+        plan: Optional[Plan],
+        planning_seconds: float,
+        limited: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> ControlStep:
         """Commit a prepared step: the schedule position and the warm start (the plan shifted by one
-        step; none after a hold). ``plan`` (None for a hold) must already be on the host."""
+        step; none after a hold). ``plan`` (None for a hold) must already be on the host.
+        ``limited``: the (action, target) ``within_limits`` gives for this step, when the caller
+        computed it for many sessions at once."""
+        action = plan.actions[0] if plan is not None else torch.zeros(7)
+        if limited is None:
+            actions, targets = within_limits(prepared.state[None], action[None], *(t[None] for t in self.limits()))
+            limited = actions[0], targets[0]
         self.goal_index = prepared.goal_index
         self.steps_on_goal = prepared.steps_on_goal + 1
         if plan is None:  # hold: stay where we are; the next step plans afresh if the arm drifts off the goal
             self.warm_start = None
-            action, target = self._within_limits(prepared.state, torch.zeros(7))
-            return ControlStep(action, target, torch.zeros(self.config.horizon, 7), prepared.goal_energy,
+            return ControlStep(*limited, torch.zeros(self.config.horizon, 7), prepared.goal_energy,
                                prepared.goal_energy, prepared.goal_index, 0.0)
         self.warm_start = plan.state.shifted(self._initial_std)
-        action, target = self._within_limits(prepared.state, plan.actions[0])
         return ControlStep(
-            action=action,
-            target_pose=target,
+            action=limited[0],
+            target_pose=limited[1],
             plan=plan.actions,
             energy=float(plan.energy),
             goal_energy=prepared.goal_energy,
@@ -203,13 +214,21 @@ class RecedingHorizonController:
                 return goal_index, steps_on_goal, warm_start, goal_energy
             goal_index, steps_on_goal, warm_start = goal_index + 1, 0, None  # the old plan aimed at the old goal
 
-    def _within_limits(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clamp the target inside the workspace and the step to +-maxnorm; keep action and target consistent.
+    def limits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(maxnorm (1,), workspace_min (3,), workspace_max (3,)) for ``within_limits``."""
+        return self._maxnorm, self._workspace_min, self._workspace_max
 
-        From inside the box the target stays inside; from outside, the step heads back toward the box.
-        """
-        maxnorm = self.config.maxnorm
-        wanted = (state[:3] + action[:3]).clamp(self._workspace_min, self._workspace_max)
-        step = (wanted - state[:3]).clamp(-maxnorm, maxnorm)
-        action = torch.cat((step, action[3:]))
-        return action, compose_pose(state, action)
+
+def within_limits(
+    states: torch.Tensor, actions: torch.Tensor, maxnorm: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 7) poses and wanted actions, each row with its own limits ((B, 1) maxnorm, (B, 3)
+    workspace corners) -> (B, 7) actions and target poses: the target clamped inside the workspace
+    and the step to +-maxnorm, action and target consistent.
+
+    From inside the box the target stays inside; from outside, the step heads back toward the box.
+    """
+    wanted = (states[:, :3] + actions[:, :3]).clamp(low, high)
+    step = torch.minimum(torch.maximum(wanted - states[:, :3], -maxnorm), maxnorm)
+    limited = torch.cat((step, actions[:, 3:]), dim=-1)
+    return limited, compose_pose(states, limited)
