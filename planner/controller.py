@@ -123,9 +123,7 @@ class RecedingHorizonController:
         if prepared.hold:
             return self.finish(prepared, None, 0.0)
         started = time.perf_counter()
-        with self.cancellable():
-            plan = self.optimizer.solve(prepared.objective, prepared.warm_start, should_stop)
-        (plan,) = plans_on_host([plan])  # the one host sync of a control step (also ends the device work)
+        (plan,) = plans_on_host([self.solve(prepared, should_stop)])  # the one host sync of a step (ends the device work)
         return self.finish(prepared, plan, time.perf_counter() - started)
 
     def prepare(self, latent: torch.Tensor, state: torch.Tensor) -> PreparedStep:
@@ -149,6 +147,11 @@ class RecedingHorizonController:
             autocast_bf16=self.config.autocast_bf16,
         )
         return PreparedStep(state, goal_index, steps_on_goal, warm_start, goal_energy, objective)
+
+    def solve(self, prepared: PreparedStep, should_stop: ShouldStop = None) -> Plan:
+        """The optimiser's plan for a prepared (non-hold) step, on the device; changes nothing else."""
+        with self.cancellable():
+            return self.optimizer.solve(prepared.objective, prepared.warm_start, should_stop)
 
     @contextlib.contextmanager
     def cancellable(self):
