@@ -7,7 +7,8 @@ frames at `--rate-hz` and apply the plans they get back. It measures, in one inv
 
 - the fleet with the service's default cross-robot batching (`JEPA_PLAN_BATCH_MAX` unset),
 - the same fleet with `JEPA_PLAN_BATCH_MAX=1` (one session at a time: the baseline),
-- one robot alone (`single_robot_plans_per_s`; at most `--rate-hz`, since a robot asks that often).
+- one robot alone, streaming at `--single-rate-hz` (default 100) so that its plans come back to back:
+  `single_robot_plans_per_s` is the service's single-robot peak.
 
 A plan counts once, when its action first reaches the robot; its latency runs from the
 observation's timestamp to that moment. Only plans arriving after every robot got its first one
@@ -51,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=int, default=1, help="planner horizon (default %(default)s)")
     parser.add_argument("--rate-hz", type=float, default=10.0, help="each robot's observation rate (default %(default)s)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run (default %(default)s)")
+    parser.add_argument("--single-rate-hz", type=float, default=100.0,
+                        help="the lone robot's observation rate, fast enough to keep the planner busy (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="the service's CPU threads for torch (OMP_NUM_THREADS)")
     parser.add_argument("--image-size", type=int, default=64, help="camera frame side in pixels (default %(default)s)")
     parser.add_argument("--stale-ms", type=float, default=500.0,
@@ -275,7 +278,7 @@ def measure(args: argparse.Namespace, batch_max: int | None, data_dir: Path, wit
             create_session(service.url, None, robot_id, goal_frame(seed, args.image_size), planner)
         common = dict(rate_hz=args.rate_hz, seconds=args.seconds, image_size=args.image_size, stale_ms=args.stale_ms)
         if with_single:
-            runs["single"] = run_fleet(service.bridge, robot_ids[:1], **common)
+            runs["single"] = run_fleet(service.bridge, robot_ids[:1], **{**common, "rate_hz": args.single_rate_hz})
         runs["fleet"] = run_fleet(service.bridge, robot_ids, **common)
     return runs
 
@@ -290,8 +293,8 @@ def summary(args: argparse.Namespace, batched: FleetRun, serial: FleetRun, singl
 
     return {
         "robots": args.robots, "preset": args.preset, "samples": args.samples, "iterations": args.iterations,
-        "horizon": args.horizon, "rate_hz": args.rate_hz, "seconds": args.seconds, "threads": args.threads,
-        "image_size": args.image_size, "stale_ms": args.stale_ms,
+        "horizon": args.horizon, "rate_hz": args.rate_hz, "single_rate_hz": args.single_rate_hz,
+        "seconds": args.seconds, "threads": args.threads, "image_size": args.image_size, "stale_ms": args.stale_ms,
         "plans": batched.plans, "plans_serial": serial.plans,
         "plans_per_s": rounded(batched.plans_per_s), "plans_per_s_serial": rounded(serial.plans_per_s),
         "single_robot_plans_per_s": rounded(single.plans_per_s),
@@ -307,8 +310,8 @@ def summary(args: argparse.Namespace, batched: FleetRun, serial: FleetRun, singl
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.robots < 1 or args.seconds <= 0 or args.rate_hz <= 0 or args.image_size < 8:
-        print("bench fleet: --robots must be >= 1, --seconds and --rate-hz > 0, --image-size >= 8")
+    if args.robots < 1 or args.seconds <= 0 or args.rate_hz <= 0 or args.single_rate_hz <= 0 or args.image_size < 8:
+        print("bench fleet: --robots must be >= 1, --seconds, --rate-hz and --single-rate-hz > 0, --image-size >= 8")
         return EXIT_USAGE
     try:
         with tempfile.TemporaryDirectory(prefix="jepa-fleet-") as scratch:
@@ -327,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"service model {args.preset}: {args.samples} samples x {args.iterations} iterations, horizon {args.horizon}; "
           f"{args.robots} robots at {args.rate_hz:g} Hz, {args.image_size}px frames, {args.seconds:g} s measured")
-    print(f"{'one robot alone:':38s} {result['single_robot_plans_per_s']:.1f} plans/s")
+    print(f"{f'one robot alone at {args.single_rate_hz:g} Hz:':38s} {result['single_robot_plans_per_s']:.1f} plans/s")
     for label, key in (("batched (service default):", ""), (f"one at a time ({BATCH_ENV}=1):", "_serial")):
         print(f"{label:38s} {result['plans_per_s' + key]:.1f} plans/s, p50 {ms(result['p50_ms' + key])}, "
               f"p99 {ms(result['p99_ms' + key])}, plans per robot {result['plans_per_robot' + key]}, "

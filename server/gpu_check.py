@@ -59,8 +59,8 @@ class Steps:
                 result = {"ok": False, "skipped": "timed out"}
             result["seconds"] = round(time.monotonic() - started, 1)
         self.results[name] = result
-        print(f"{name}: {'ok' if result['ok'] else 'FAILED'} ({result.get('seconds', 0)} s) {result.get('last_line', result.get('skipped', ''))[:200]}",
-              flush=True)
+        shown = result.get("last_line", result.get("skipped", ""))[:200]
+        print(f"{name}: {'ok' if result['ok'] else 'FAILED'} ({result.get('seconds', 0)} s) {shown}", flush=True)
         return result
 
 
