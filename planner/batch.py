@@ -83,6 +83,9 @@ def solve_together(searches: Sequence[Search], should_stop: ShouldStop = None) -
     if len({id(optimizer) for optimizer, _, _ in searches}) != len(searches):
         raise ValueError("each search needs its own optimizer (its noise source and distribution)")
     runs = [optimizer.begin(objective.device, warm_start) for optimizer, objective, warm_start in searches]
+    if len({id(run.noise) for run in runs}) != len(runs):
+        # A shared source would hand each search other draws than it gets alone, in another order.
+        raise ValueError("each search needs its own noise source; two optimizers share one")
     groups = _rollout_groups(searches)
     chunk_sizes = {key: _max_batch([searches[i] for i in members]) for key, members in groups.items()}
     for iteration in range(max(optimizer.config.iterations for optimizer, _, _ in searches)):

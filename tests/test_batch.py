@@ -193,6 +193,10 @@ def test_bad_input_is_refused_before_anything_changes(model):
         step_together(controllers, [latent(model, 1)], [pose(1), pose(2)])
     with pytest.raises(ValueError, match="appears twice"):
         step_together([controllers[0], controllers[0]], [latent(model, 1)] * 2, [pose(1)] * 2)
+    shared = Fleet(model, [{"seed": 1, "config": PlannerConfig(samples=16, topk=4, iterations=1, horizon=1)}] * 2).together
+    shared[1].optimizer.noise = shared[0].optimizer.noise
+    with pytest.raises(ValueError, match="own noise source"):
+        step_together(shared, [latent(model, 1)] * 2, [pose(1)] * 2)
     before = [_snapshot(controller) for controller in controllers]
     with pytest.raises(ValueError, match="differ in shape"):
         step_together(controllers, [latent(model, 1), torch.zeros(3, model.embed_dim)], [pose(1), pose(2)])
