@@ -14,7 +14,7 @@ DEBIAN_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6
 # The console's browser tests drive Debian's Chromium (Playwright's own browser download is unreachable).
 BROWSER_PACKAGE := chromium
 
-.PHONY: setup system-deps browser-deps test demo bench clean robosuite
+.PHONY: setup system-deps browser-deps test demo bench clean robosuite gpu-check
 
 setup: $(VENV)/.installed
 
@@ -73,6 +73,10 @@ bench: setup
 	$(BIN)/jepa-planner bench world-model
 	$(BIN)/jepa-planner bench plan
 	$(BIN)/jepa-planner bench server
+
+# On a CUDA machine: parity + bf16 on CUDA, ViT-g planning and fleet benchmarks, one JSON (< 8 min).
+gpu-check: setup
+	$(BIN)/jepa-planner gpu-check
 
 clean:
 	rm -rf $(VENV) $(ROBOSUITE_VENV) build *.egg-info .pytest_cache

@@ -13,16 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from planner.objective import Objective
-from planner.search import (
-    Plan,
-    SamplingOptimizer,
-    SearchState,
-    clip_to_limits,
-    final_actions,
-    momentum_weights,
-    to_actions,
-)
+from planner.search import Plan, SamplingOptimizer, SearchRun, SearchState, clip_to_limits, final_actions
 
 
 class EliteFit(NamedTuple):
@@ -47,25 +38,19 @@ class CEM(SamplingOptimizer):
         elite_fit = fit_elites(candidates, energies, self.config.topk)
         return elite_fit.mean, elite_fit.std
 
-    @torch.inference_mode()
-    def solve(self, objective: Objective, warm_start: SearchState | None = None) -> Plan:
+    def propose(self, run: SearchRun) -> torch.Tensor:
         config = self.config
-        device = objective.device
-        noise = self._noise_for(device)
-        state = self.start(objective, warm_start)
-        mean, std = state.mean, state.std
-        mean_momentum, std_momentum = momentum_weights(config, device)
-        iteration_energies = []
-        for _ in range(config.iterations):
-            candidates = clip_to_limits(mean + std * noise.standard_normal(config.samples, config.horizon, device), config.maxnorm)
-            energies = objective.evaluate(to_actions(candidates))
-            iteration_energies.append(energies)
-            fitted_mean, fitted_std = self.fit(candidates, energies)
-            mean = (1 - mean_momentum) * fitted_mean + mean_momentum * mean
-            std = (1 - std_momentum) * fitted_std + std_momentum * std
+        draws = run.noise.standard_normal(config.samples, config.horizon, run.device)
+        return clip_to_limits(run.mean + run.std * draws, config.maxnorm)
+
+    def absorb(self, run: SearchRun, candidates: torch.Tensor, energies: torch.Tensor) -> None:
+        run.iteration_energies.append(energies)
+        run.move_toward(*self.fit(candidates, energies))
+
+    def plan(self, run: SearchRun) -> Plan:
         return Plan(
-            actions=final_actions(mean),
-            energy=iteration_energies[-1].min(),
-            state=SearchState(mean=mean, std=std),
-            iteration_energies=iteration_energies,
+            actions=final_actions(run.mean),
+            energy=run.iteration_energies[-1].min(),
+            state=SearchState(mean=run.mean, std=run.std),
+            iteration_energies=run.iteration_energies,
         )

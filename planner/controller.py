@@ -7,6 +7,7 @@ its ``PlannerConfig``: xyz deltas within +-maxnorm per axis and a target pose in
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -16,11 +17,11 @@ import torch
 
 from planner.config import PlannerConfig
 from planner.energy import Energy, frame_distance
-from planner.noise import NoiseSource
+from planner.noise import NoiseSource, noise_position, restore_noise_position
 from planner.objective import GoalObjective, Rollout, as_frame_latent, as_state
 from planner.optimizers import make_optimizer
 from planner.pose import compose_pose
-from planner.search import SearchState, initial_state
+from planner.search import Plan, PlanCancelled, SearchState, ShouldStop, initial_state, plans_on_host
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,22 @@ class SubGoal:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.energy_threshold is not None and math.isnan(self.energy_threshold):
             raise ValueError("energy_threshold must be a number, got NaN")
+
+
+@dataclass(frozen=True)
+class PreparedStep:
+    """What ``prepare`` worked out for one step, before any planning: nothing is committed yet."""
+
+    state: torch.Tensor  # (7,) observed pose, CPU
+    goal_index: int  # the sub-goal this step plans for (after moving past finished ones)
+    steps_on_goal: int  # steps already spent on it
+    warm_start: Optional[SearchState]  # None after a sub-goal switch
+    goal_energy: float  # observed energy against that sub-goal
+    objective: Optional[GoalObjective]  # None: arrived at the final goal, hold without planning
+
+    @property
+    def hold(self) -> bool:
+        return self.objective is None
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,7 @@ class RecedingHorizonController:
         self.device = torch.device(model.device)
         self._workspace_min = torch.tensor(config.workspace_min)
         self._workspace_max = torch.tensor(config.workspace_max)
+        self._maxnorm = torch.tensor([config.maxnorm])
         self._initial_std = initial_state(config, self.device).std  # warm starts reset to it (shifted() clones)
         self.set_goals(goals)
 
@@ -95,86 +113,125 @@ class RecedingHorizonController:
         self.steps_on_goal = 0
         self.warm_start: Optional[SearchState] = None
 
-    def step(self, latent: torch.Tensor, state: torch.Tensor) -> ControlStep:
-        """Plan from the current frame latent (N, D) and pose (7,); return the action to execute now."""
+    def step(self, latent: torch.Tensor, state: torch.Tensor, should_stop: ShouldStop = None) -> ControlStep:
+        """Plan from the current frame latent (N, D) and pose (7,); return the action to execute now.
+
+        ``should_stop()`` is asked before every optimiser iteration; when it answers True the step
+        raises PlanCancelled and leaves the controller exactly as it was (schedule, warm start, noise).
+        """
+        prepared = self.prepare(latent, state)
+        if prepared.hold:
+            return self.finish(prepared, None, 0.0)
+        started = time.perf_counter()
+        (plan,) = plans_on_host([self.solve(prepared, should_stop)])  # the one host sync of a step (ends the device work)
+        return self.finish(prepared, plan, time.perf_counter() - started)
+
+    def prepare(self, latent: torch.Tensor, state: torch.Tensor) -> PreparedStep:
+        """Check the inputs and work out what this step plans for; changes nothing in the controller."""
         latent = as_frame_latent(latent, "current latent").to(self.device)
         state = as_state(state)
         if latent.shape != self.goals[self.goal_index].latent.shape:
             raise ValueError(
                 f"current latent {tuple(latent.shape)} and goal latent {tuple(self.goals[self.goal_index].latent.shape)} differ in shape"
             )
-        goal_energy = self._advance_schedule(latent)
-        if self._arrived(goal_energy):
-            return self._hold_step(state, goal_energy)
+        goal_index, steps_on_goal, warm_start, goal_energy = self._schedule_position(latent)
+        if self._arrived(goal_index, goal_energy):
+            return PreparedStep(state, goal_index, steps_on_goal, None, goal_energy, None)
         objective = GoalObjective(
             self.model,
             latent,
             state,
-            self.goals[self.goal_index].latent,
+            self.goals[goal_index].latent,
             energy=self.energy,
             max_batch=self.config.max_batch,
             autocast_bf16=self.config.autocast_bf16,
         )
-        started = time.perf_counter()
-        plan = self.optimizer.solve(objective, self.warm_start)
-        energy = float(plan.energy)  # the one host sync of a control step (also ends the device work)
-        planning_seconds = time.perf_counter() - started
+        return PreparedStep(state, goal_index, steps_on_goal, warm_start, goal_energy, objective)
+
+    def solve(self, prepared: PreparedStep, should_stop: ShouldStop = None) -> Plan:
+        """The optimiser's plan for a prepared (non-hold) step, on the device; changes nothing else."""
+        with self.cancellable():
+            return self.optimizer.solve(prepared.objective, prepared.warm_start, should_stop)
+
+    @contextlib.contextmanager
+    def cancellable(self):
+        """Around a solve: if it is cancelled, put the noise source back where it was, so a re-plan
+        draws the same noise (the rest of the controller only changes in ``finish``)."""
+        noise = self.optimizer.noise_source(self.device)
+        saved = noise_position(noise)
+        try:
+            yield
+        except PlanCancelled:
+            restore_noise_position(noise, saved)
+            raise
+
+    def finish(
+        self,
+        prepared: PreparedStep,
+        plan: Optional[Plan],
+        planning_seconds: float,
+        limited: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> ControlStep:
+        """Commit a prepared step: the schedule position and the warm start (the plan shifted by one
+        step; none after a hold). ``plan`` (None for a hold) must already be on the host.
+        ``limited``: the (action, target) ``within_limits`` gives for this step, when the caller
+        computed it for many sessions at once."""
+        action = plan.actions[0] if plan is not None else torch.zeros(7)
+        if limited is None:
+            actions, targets = within_limits(prepared.state[None], action[None], *(t[None] for t in self.limits()))
+            limited = actions[0], targets[0]
+        self.goal_index = prepared.goal_index
+        self.steps_on_goal = prepared.steps_on_goal + 1
+        if plan is None:  # hold: stay where we are; the next step plans afresh if the arm drifts off the goal
+            self.warm_start = None
+            return ControlStep(*limited, torch.zeros(self.config.horizon, 7), prepared.goal_energy,
+                               prepared.goal_energy, prepared.goal_index, 0.0)
         self.warm_start = plan.state.shifted(self._initial_std)
-        self.steps_on_goal += 1
-        actions = plan.actions.float().cpu()  # one device-to-host copy of the whole plan
-        action, target = self._within_limits(state, actions[0])
         return ControlStep(
-            action=action,
-            target_pose=target,
-            plan=actions,
-            energy=energy,
-            goal_energy=goal_energy,
-            goal_index=self.goal_index,
+            action=limited[0],
+            target_pose=limited[1],
+            plan=plan.actions,
+            energy=float(plan.energy),
+            goal_energy=prepared.goal_energy,
+            goal_index=prepared.goal_index,
             planning_seconds=planning_seconds,
         )
 
-    def _arrived(self, goal_energy: float) -> bool:
+    def _arrived(self, goal_index: int, goal_energy: float) -> bool:
         """On the final goal and observed within `arrival_energy` of it: nothing left to plan."""
         threshold = self.config.arrival_energy
-        return threshold is not None and self.goal_index == len(self.goals) - 1 and goal_energy < threshold
+        return threshold is not None and goal_index == len(self.goals) - 1 and goal_energy < threshold
 
-    def _hold_step(self, state: torch.Tensor, goal_energy: float) -> ControlStep:
-        """Stay where we are; the next step plans afresh if the arm drifts off the goal."""
-        self.warm_start = None
-        self.steps_on_goal += 1
-        action, target = self._within_limits(state, torch.zeros(7))
-        return ControlStep(
-            action=action,
-            target_pose=target,
-            plan=torch.zeros(self.config.horizon, 7),
-            energy=goal_energy,
-            goal_energy=goal_energy,
-            goal_index=self.goal_index,
-            planning_seconds=0.0,
-        )
-
-    def _advance_schedule(self, latent: torch.Tensor) -> float:
-        """Move to the next sub-goal when the current one is done; return the observed goal energy."""
+    def _schedule_position(self, latent: torch.Tensor) -> tuple[int, int, Optional[SearchState], float]:
+        """Where the schedule stands for this observation: (goal index, steps on it, warm start,
+        observed goal energy), moving past every sub-goal that is done. Changes nothing."""
+        goal_index, steps_on_goal, warm_start = self.goal_index, self.steps_on_goal, self.warm_start
         while True:
-            goal = self.goals[self.goal_index]
+            goal = self.goals[goal_index]
             goal_energy = float(frame_distance(latent, goal.latent, self.config.energy)[0])
-            is_last = self.goal_index == len(self.goals) - 1
-            done = (goal.max_steps is not None and self.steps_on_goal >= goal.max_steps) or (
+            is_last = goal_index == len(self.goals) - 1
+            done = (goal.max_steps is not None and steps_on_goal >= goal.max_steps) or (
                 goal.energy_threshold is not None and goal_energy < goal.energy_threshold
             )
             if is_last or not done:
-                return goal_energy
-            self.goal_index += 1
-            self.steps_on_goal = 0
-            self.warm_start = None  # the old plan aimed at the old goal
+                return goal_index, steps_on_goal, warm_start, goal_energy
+            goal_index, steps_on_goal, warm_start = goal_index + 1, 0, None  # the old plan aimed at the old goal
 
-    def _within_limits(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clamp the target inside the workspace and the step to +-maxnorm; keep action and target consistent.
+    def limits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(maxnorm (1,), workspace_min (3,), workspace_max (3,)) for ``within_limits``."""
+        return self._maxnorm, self._workspace_min, self._workspace_max
 
-        From inside the box the target stays inside; from outside, the step heads back toward the box.
-        """
-        maxnorm = self.config.maxnorm
-        wanted = (state[:3] + action[:3]).clamp(self._workspace_min, self._workspace_max)
-        step = (wanted - state[:3]).clamp(-maxnorm, maxnorm)
-        action = torch.cat((step, action[3:]))
-        return action, compose_pose(state, action)
+
+def within_limits(
+    states: torch.Tensor, actions: torch.Tensor, maxnorm: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 7) poses and wanted actions, each row with its own limits ((B, 1) maxnorm, (B, 3)
+    workspace corners) -> (B, 7) actions and target poses: the target clamped inside the workspace
+    and the step to +-maxnorm, action and target consistent.
+
+    From inside the box the target stays inside; from outside, the step heads back toward the box.
+    """
+    wanted = (states[:, :3] + actions[:, :3]).clamp(low, high)
+    step = torch.minimum(torch.maximum(wanted - states[:, :3], -maxnorm), maxnorm)
+    limited = torch.cat((step, actions[:, 3:]), dim=-1)
+    return limited, compose_pose(states, limited)

@@ -18,16 +18,7 @@ import torch
 from planner.cem import fit_elites
 from planner.config import PlannerConfig
 from planner.noise import NoiseSource
-from planner.objective import Objective
-from planner.search import (
-    Plan,
-    SamplingOptimizer,
-    SearchState,
-    clip_to_limits,
-    final_actions,
-    momentum_weights,
-    to_actions,
-)
+from planner.search import Plan, SamplingOptimizer, SearchRun, SearchState, clip_to_limits, final_actions
 
 
 def coloured_noise_mixer(horizon: int, beta: float) -> torch.Tensor:
@@ -64,32 +55,26 @@ class ICEM(SamplingOptimizer):
             self._mixer = self._mixer.to(device)
         return self._mixer
 
-    @torch.inference_mode()
-    def solve(self, objective: Objective, warm_start: SearchState | None = None) -> Plan:
+    def propose(self, run: SearchRun) -> torch.Tensor:
         config = self.config
-        device = objective.device
-        noise = self._noise_for(device)
-        state = self.start(objective, warm_start)
-        mean, std, carried = state.mean, state.std, state.elites
-        mixer = self._mixer_on(device)
-        mean_momentum, std_momentum = momentum_weights(config, device)
+        draws = run.noise.standard_normal(config.samples, config.horizon, run.device)
+        coloured = torch.einsum("ij,sjd->sid", self._mixer_on(run.device), draws)
+        pool = [clip_to_limits(run.mean + run.std * coloured, config.maxnorm), run.mean.unsqueeze(0)]
         keep = round(config.icem_keep_elites * config.topk)
-        iteration_energies = []
-        for _ in range(config.iterations):
-            coloured = torch.einsum("ij,sjd->sid", mixer, noise.standard_normal(config.samples, config.horizon, device))
-            pool = [clip_to_limits(mean + std * coloured, config.maxnorm), mean.unsqueeze(0)]
-            if carried is not None and keep > 0:
-                pool.append(carried[:keep])
-            candidates = torch.cat(pool)
-            energies = objective.evaluate(to_actions(candidates))
-            iteration_energies.append(energies)
-            elite_fit = fit_elites(candidates, energies, config.topk)
-            carried = elite_fit.elites
-            mean = (1 - mean_momentum) * elite_fit.mean + mean_momentum * mean
-            std = (1 - std_momentum) * elite_fit.std + std_momentum * std
+        if run.elites is not None and keep > 0:
+            pool.append(run.elites[:keep])
+        return torch.cat(pool)
+
+    def absorb(self, run: SearchRun, candidates: torch.Tensor, energies: torch.Tensor) -> None:
+        run.iteration_energies.append(energies)
+        elite_fit = fit_elites(candidates, energies, self.config.topk)
+        run.elites, run.best_energy = elite_fit.elites, elite_fit.energies[0]
+        run.move_toward(elite_fit.mean, elite_fit.std)
+
+    def plan(self, run: SearchRun) -> Plan:
         return Plan(
-            actions=final_actions(elite_fit.elites[0]),
-            energy=elite_fit.energies[0],
-            state=SearchState(mean=mean, std=std, elites=carried),
-            iteration_energies=iteration_energies,
+            actions=final_actions(run.elites[0]),
+            energy=run.best_energy,
+            state=SearchState(mean=run.mean, std=run.std, elites=run.elites),
+            iteration_energies=run.iteration_energies,
         )

@@ -35,6 +35,12 @@ class SeededNoise:
         ]
         return torch.stack(draws, dim=1).to(device, non_blocking=True)
 
+    def position(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def seek(self, position: torch.Tensor) -> None:
+        self.generator.set_state(position)
+
 
 class RecordedNoise:
     """Replays a list of (samples, 4) draws, one per (iteration, horizon step) in the official order."""
@@ -51,3 +57,21 @@ class RecordedNoise:
         if any(draw.shape != (samples, 4) for draw in block):
             raise ValueError(f"recorded draws have shape {tuple(block[0].shape)}, the planner needs ({samples}, 4)")
         return torch.stack(block, dim=1).to(device=device, dtype=torch.float32)
+
+    def position(self) -> int:
+        return self._next
+
+    def seek(self, position: int) -> None:
+        self._next = position
+
+
+def noise_position(noise: NoiseSource) -> object:
+    """Where ``noise`` stands in its stream (None for sources without ``position``), so that
+    ``restore_noise_position`` can put a cancelled plan's draws back and a re-plan draws the same."""
+    position = getattr(noise, "position", None)
+    return position() if callable(position) else None
+
+
+def restore_noise_position(noise: NoiseSource, position: object) -> None:
+    if position is not None:
+        noise.seek(position)

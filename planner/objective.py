@@ -4,10 +4,12 @@ An optimiser only ever calls ``objective.evaluate(actions (S, H, 7)) -> energies
 objective owns everything model-side: the context and goal latents, chaining the imagined poses
 with the batched pose math, the KV-cached rollout of all samples at once (in memory- or cache-sized chunks),
 bf16 autocast and the energy. New optimisers and new energies never touch each other.
+``evaluate_together`` is the same scoring for several objectives at once (one rollout over all
+their candidates, each slice scored against its own goal); ``evaluate`` is its one-objective case.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 
@@ -117,22 +119,75 @@ class GoalObjective:
         self.autocast_bf16 = autocast_bf16
         self.cached = cached
 
-    def imagine(self, actions: torch.Tensor) -> torch.Tensor:
-        """(S, H, 7) actions -> (S, H, N, D) imagined latents of frames 1..H."""
+    def candidate_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """(S, H, 7) action sequences, checked, as float32 on the device."""
         if actions.dim() != 3 or actions.shape[-1] != 7:
             raise ValueError(f"actions must be (S, H, 7), got shape {tuple(actions.shape)}")
-        actions = actions.to(self.device, torch.float32)
-        # Frame h is imagined at pose h: the current pose, then the chain of composed actions.
-        states = chain_poses(self.state, actions)[:, :-1]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
-            return self.model.rollout(self.context, actions, states, cached=self.cached)
+        return actions.to(self.device, torch.float32)
+
+    def score(self, frames: torch.Tensor) -> torch.Tensor:
+        """(S, H, N, D) imagined latents -> (S,) energies against this objective's goal."""
+        return self.energy(frames, self.goal)
 
     @torch.inference_mode()
     def evaluate(self, actions: torch.Tensor) -> torch.Tensor:
-        actions = actions.to(self.device, torch.float32)
         if self.max_batch is None:
             # Once per objective (one control step): the memory query stays out of the iterations.
             self.max_batch = auto_max_batch(self.model, actions.shape[1], self.device) or actions.shape[0]
-        chunk = self.max_batch
-        energies = [self.energy(self.imagine(part), self.goal) for part in actions.split(chunk)]
-        return energies[0] if len(energies) == 1 else torch.cat(energies)
+        return evaluate_together([self], [actions], self.max_batch)[0]
+
+
+def can_share_rollout(a: GoalObjective, b: GoalObjective) -> bool:
+    """Whether two objectives' candidates can go through one rollout call: same model, horizon
+    handled by the caller, same precision and rollout kind."""
+    return a.model is b.model and (a.autocast_bf16, a.cached) == (b.autocast_bf16, b.cached)
+
+
+@torch.inference_mode()
+def evaluate_together(
+    objectives: Sequence[GoalObjective], actions: Sequence[torch.Tensor], max_batch: int | None = None
+) -> list[torch.Tensor]:
+    """Score each objective's (S_i, H, 7) candidates with ONE rollout over all of them (in chunks
+    of at most ``max_batch`` samples): per-sample contexts and poses, each slice of the imagined
+    frames scored against its own objective's goal and energy. Returns the (S_i,) energies.
+
+    Objectives must be able to share a rollout (``can_share_rollout``) and their candidates must
+    have the same horizon. A chunk within one objective keeps its (1, N, D) context; a chunk
+    spanning several gets every sample's context.
+    """
+    if len(objectives) != len(actions) or not objectives:
+        raise ValueError(f"need one (S, H, 7) action tensor per objective, got {len(actions)} for {len(objectives)}")
+    first = objectives[0]
+    if any(not can_share_rollout(first, other) for other in objectives[1:]):
+        raise ValueError("objectives that share a rollout need the same model, precision and rollout kind")
+    parts = [objective.candidate_actions(part) for objective, part in zip(objectives, actions)]
+    if len({part.shape[1] for part in parts}) != 1:
+        raise ValueError(f"objectives that share a rollout need one horizon, got {sorted({p.shape[1] for p in parts})}")
+    sizes = [part.shape[0] for part in parts]
+    if len(parts) == 1:
+        all_actions, starts = parts[0], first.state
+    else:
+        all_actions = torch.cat(parts)
+        starts = torch.cat([objective.state.expand(size, 7) for objective, size in zip(objectives, sizes)])
+    # Frame h is imagined at pose h: the current pose, then the chain of composed actions (one
+    # batched chain for every sample of every objective).
+    all_states = chain_poses(starts, all_actions)[:, :-1]
+    bounds = [0]
+    for size in sizes:
+        bounds.append(bounds[-1] + size)
+    chunk = max_batch or bounds[-1]
+    energies: list[list[torch.Tensor]] = [[] for _ in objectives]
+    for start in range(0, bounds[-1], chunk):
+        stop = min(start + chunk, bounds[-1])
+        # (objective, first sample, end sample) of every objective this chunk covers
+        pieces = [(i, max(start, bounds[i]), min(stop, bounds[i + 1])) for i in range(len(objectives))
+                  if bounds[i] < stop and bounds[i + 1] > start]
+        if len(pieces) == 1:
+            context = objectives[pieces[0][0]].context
+        else:
+            context = torch.cat([objectives[i].context.expand(end - begin, -1, -1) for i, begin, end in pieces])
+        with torch.autocast(first.device.type, dtype=torch.bfloat16, enabled=first.autocast_bf16):
+            frames = first.model.rollout(context, all_actions[start:stop], all_states[start:stop], cached=first.cached)
+        for i, begin, end in pieces:
+            energies[i].append(objectives[i].score(frames[begin - start : end - start]))
+    return [scored[0] if len(scored) == 1 else torch.cat(scored) for scored in energies]

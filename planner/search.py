@@ -7,7 +7,7 @@ model's device for the whole solve so nothing syncs with the host inside the loo
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -16,6 +16,18 @@ from planner.noise import NoiseSource, SeededNoise
 from planner.objective import Objective
 
 SEARCH_DIMS = 4  # x, y, z, gripper
+
+ShouldStop = Optional[Callable[[], bool]]
+
+
+class PlanCancelled(Exception):
+    """``should_stop()`` returned True between two iterations: the solve was abandoned, no plan made."""
+
+
+def check_stop(should_stop: ShouldStop) -> None:
+    """Raise PlanCancelled when the caller asks to stop (checked before every iteration)."""
+    if should_stop is not None and should_stop():
+        raise PlanCancelled("planning cancelled between iterations")
 
 
 @dataclass(frozen=True)
@@ -83,27 +95,102 @@ def momentum_weights(config: PlannerConfig, device: torch.device) -> tuple[torch
     return mean_weight, std_weight
 
 
+def plans_on_host(plans: Sequence[Plan]) -> list[Plan]:
+    """The plans with their actions and energy on the CPU, moved in ONE device-to-host copy (the one
+    host sync of a control step, however many sessions it planned); search states stay on the device."""
+    if not plans:
+        return []
+    packed = torch.cat([torch.cat((plan.actions.float().flatten(), plan.energy.float().reshape(1))) for plan in plans]).cpu()
+    host, start = [], 0
+    for plan in plans:
+        size = plan.actions.numel()
+        host.append(replace(plan, actions=packed[start : start + size].view(plan.actions.shape), energy=packed[start + size]))
+        start += size + 1
+    return host
+
+
+@dataclass
+class SearchRun:
+    """One solve in progress, carried from iteration to iteration: the distribution, iCEM's elites,
+    the best candidate of the latest iteration, and every iteration's energies."""
+
+    mean: torch.Tensor  # (H, 4)
+    std: torch.Tensor  # (H, 4)
+    noise: NoiseSource
+    mean_momentum: torch.Tensor  # (4,) weight of the old mean
+    std_momentum: torch.Tensor  # (4,) weight of the old std
+    elites: Optional[torch.Tensor] = None  # (E, H, 4), best first
+    best_energy: Optional[torch.Tensor] = None  # () of elites[0]
+    iteration_energies: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def move_toward(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Momentum update: the momenta weight the OLD values (xyz and gripper separately)."""
+        self.mean = (1 - self.mean_momentum) * mean + self.mean_momentum * self.mean
+        self.std = (1 - self.std_momentum) * std + self.std_momentum * self.std
+
+
 class SamplingOptimizer:
-    """Base of CEM / MPPI / iCEM: holds the config and the noise source; subclasses implement solve."""
+    """Base of CEM / MPPI / iCEM: holds the config and the noise source.
+
+    One iteration is ``propose`` (candidates from the current distribution, (S, H, 4)), scoring
+    them, then ``absorb`` (the energies move the distribution). ``solve`` runs that loop against one
+    objective; ``planner.batch.step_together`` runs the same two halves for many sessions with one
+    batched scoring call in between. Subclasses implement ``propose``, ``absorb`` and ``plan``.
+    """
 
     def __init__(self, config: PlannerConfig, noise: NoiseSource | None = None):
         self.config = config
         self.noise = noise
 
-    def _noise_for(self, device: torch.device) -> NoiseSource:
+    def noise_source(self, device: torch.device) -> NoiseSource:
+        """The optimiser's noise source, a seeded one on ``device`` made on first use."""
         if self.noise is None:
             self.noise = SeededNoise(self.config.seed, device)
         return self.noise
 
-    def start(self, objective: Objective, warm_start: SearchState | None) -> SearchState:
-        fresh = initial_state(self.config, objective.device)
+    def start(self, device: torch.device, warm_start: SearchState | None) -> SearchState:
+        fresh = initial_state(self.config, device)
         if warm_start is None:
             return fresh
         if warm_start.mean.shape != fresh.mean.shape:
             raise ValueError(
                 f"warm start has horizon {warm_start.mean.shape[0]}, the planner uses {self.config.horizon}"
             )
-        return replace(warm_start, mean=warm_start.mean.to(objective.device), std=warm_start.std.to(objective.device))
+        return replace(warm_start, mean=warm_start.mean.to(device), std=warm_start.std.to(device))
 
-    def solve(self, objective: Objective, warm_start: SearchState | None = None) -> Plan:
+    def begin(self, device: torch.device, warm_start: SearchState | None = None) -> SearchRun:
+        """A fresh run on ``device`` from ``warm_start`` (or the official initial distribution)."""
+        state = self.start(device, warm_start)
+        mean_momentum, std_momentum = momentum_weights(self.config, device)
+        return SearchRun(state.mean, state.std, self.noise_source(device), mean_momentum, std_momentum, elites=state.elites)
+
+    def propose(self, run: SearchRun) -> torch.Tensor:
+        """This iteration's candidates (S, H, 4) [dx, dy, dz, dg], within the search limits."""
         raise NotImplementedError
+
+    def absorb(self, run: SearchRun, candidates: torch.Tensor, energies: torch.Tensor) -> None:
+        """Record the candidates' (S,) energies and move the run's distribution toward the best."""
+        raise NotImplementedError
+
+    def plan(self, run: SearchRun) -> Plan:
+        """The plan a finished run returns."""
+        raise NotImplementedError
+
+    def iterate(self, run: SearchRun, objective: Objective) -> None:
+        """One iteration against one objective (the body of the solve loop)."""
+        candidates = self.propose(run)
+        self.absorb(run, candidates, objective.evaluate(to_actions(candidates)))
+
+    @torch.inference_mode()
+    def solve(self, objective: Objective, warm_start: SearchState | None = None, should_stop: ShouldStop = None) -> Plan:
+        """Plan against ``objective``; ``should_stop()`` is asked before every iteration and a True
+        answer raises PlanCancelled."""
+        run = self.begin(objective.device, warm_start)
+        for _ in range(self.config.iterations):
+            check_stop(should_stop)
+            self.iterate(run, objective)
+        return self.plan(run)

@@ -63,8 +63,10 @@ def goal_index(spec: str, length: int) -> int:
     return index
 
 
-def create_session(http_url: str, api_key: str | None, robot_id: str, goal_image: np.ndarray) -> dict:
-    """Upload the goal image and bind a new session to `robot_id` over the HTTP API."""
+def create_session(http_url: str, api_key: str | None, robot_id: str, goal_image: np.ndarray,
+                   planner: dict | None = None) -> dict:
+    """Upload the goal image and bind a new session to `robot_id` over the HTTP API (with optional
+    PlannerConfig overrides)."""
     import cv2
     import httpx
 
@@ -75,7 +77,8 @@ def create_session(http_url: str, api_key: str | None, robot_id: str, goal_image
     with httpx.Client(base_url=http_url.rstrip("/"), headers=headers, timeout=30.0) as http:
         goal = http.post("/v1/goals", files={"image": ("goal.png", png.tobytes(), "image/png")})
         goal.raise_for_status()
-        session = http.post("/v1/sessions", json={"robot_id": robot_id, "goal_id": goal.json()["id"]})
+        session = http.post("/v1/sessions", json={"robot_id": robot_id, "goal_id": goal.json()["id"],
+                                                  "planner": planner or {}})
         session.raise_for_status()
         return {"goal_id": goal.json()["id"], "session_id": session.json()["id"]}
 

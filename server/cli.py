@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("world_model.training.command", "train or post-train a world model"),
     "energy": ("planner.energy_landscape", "plot the energy landscape over an action grid to PNG"),
     "keys": ("robot_bridge.keys", "generate ZeroMQ CURVE key pairs"),
+    "gpu-check": ("server.gpu_check", "on a CUDA machine: parity, bf16, ViT-g plan and fleet benchmarks, one JSON"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
@@ -30,6 +31,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "plan": ("planner.bench", "seconds per planned action: reference-style baseline vs ours"),
     "server": ("server.bench", "act latency percentiles under concurrent sessions"),
     "hardening": ("server.bench_hardening", "/healthz under slow connections; peak RSS of concurrent large uploads"),
+    "batch": ("planner.batch_bench", "plans/s of N sessions planned together vs one after another"),
+    "fleet": ("robot_bridge.fleet_bench", "N simulated robots over the bridge: batched vs one session at a time"),
 }
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

@@ -15,6 +15,8 @@ from robot_bridge.franka_example import BUNDLED_FIXTURES, reference_dirs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_PARTS = ("checkpoint", "data", "f64_outputs")
+# Where the parity and bf16 tests run their models: cpu here; `make gpu-check` sets cuda.
+TEST_DEVICE = os.environ.get("JEPA_TEST_DEVICE", "cpu")
 
 
 def reference_dir() -> Path:

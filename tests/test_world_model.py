@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TEST_DEVICE
 from world_model import PRESETS, WorldModel, load_world_model
 from world_model.model import resolve_device
 
@@ -132,12 +133,12 @@ def test_bf16_autocast_smoke(reference_folder):
     """bf16 autocast is an approximation (SPEC: ~0.07-0.2 abs on the fixtures). Loose, stated bounds:
     float32 outputs, finite, max abs error < 0.5 and mean abs error < 0.05 against the fp32 reference."""
     recorded = torch.load(reference_folder / "fixture_tiny_data.pt", weights_only=True)["world_model"]
-    model = load_world_model(reference_folder / "fixture_tiny_checkpoint.pt", device="cpu", dtype="bfloat16")
+    model = load_world_model(reference_folder / "fixture_tiny_checkpoint.pt", device=TEST_DEVICE, dtype="bfloat16")
     assert model.dtype == torch.bfloat16 and model.predictor.predictor_proj.weight.dtype == torch.float32
     for cached in (True, False):
         frames = model.rollout(
             recorded["rollout_context_rep"][:, 0], recorded["rollout_actions"], recorded["rollout_poses"][:, :3], cached=cached
-        )
+        ).cpu()
         error = (frames - recorded["rollout_frames"][:, 1:]).abs()
         assert frames.dtype == torch.float32 and torch.isfinite(frames).all()
         assert error.max() < 0.5 and error.mean() < 0.05

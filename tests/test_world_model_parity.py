@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import fixture_file, fixture_names
+from conftest import TEST_DEVICE, fixture_file, fixture_names
 from world_model import ModelConfig, WorldModel, load_world_model
 from world_model.predictor import block_causal_mask
 from world_model.preprocessing import normalize_latents, transform_frames
@@ -28,19 +28,19 @@ CASES = [pytest.param(name, precision, id=f"{name}-{precision}") for name in fix
 def _fixture(name: str, precision: str):
     data = torch.load(fixture_file(name, "data"), weights_only=True)
     expected = data if precision == "float32" else torch.load(fixture_file(name, "f64_outputs"), weights_only=True)
-    model = load_world_model(fixture_file(name, "checkpoint"), device="cpu", dtype=precision)
+    model = load_world_model(fixture_file(name, "checkpoint"), device=TEST_DEVICE, dtype=precision)
     assert model.config == ModelConfig.from_official_config(data["config"])
     return data, expected, model
 
 
 def _check(actual: torch.Tensor, expected: torch.Tensor, precision: str, what: str) -> None:
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    error = (actual.double() - expected.double()).abs().max().item()
+    error = (actual.double().cpu() - expected.double()).abs().max().item()
     assert error <= PRECISIONS[precision], f"{what}: max abs error {error:.3g} > {PRECISIONS[precision]:g}"
 
 
 def _cast(model: WorldModel, tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to(model.dtype)
+    return tensor.to(model.device, model.dtype)
 
 
 def _ac_features(model: WorldModel, frames: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ def test_teacher_forced_prediction(name, precision):
     predicted = normalize_latents(raw)
     _check(raw, outputs["tf_pred_raw"], precision, "tf_pred_raw")
     _check(predicted, outputs["tf_pred"], precision, "tf_pred")
-    loss = (predicted - outputs["ac_h"][:, n:n + predicted.shape[1]]).abs().mean()
+    loss = (predicted - _cast(model, outputs["ac_h"][:, n:n + predicted.shape[1]])).abs().mean()
     _check(loss, outputs["loss_jloss"], precision, "loss_jloss")
 
 
@@ -102,14 +102,14 @@ def test_autoregressive_prediction(name, precision):
     data, expected, model = _fixture(name, precision)
     inputs, outputs, n = data["inputs"], expected["outputs"], model.tokens_per_frame
     actions, states = _cast(model, inputs["ac_actions"]), _cast(model, inputs["ac_states"])
-    history = torch.cat([outputs["ac_h"][:, :n], outputs["tf_pred"][:, :n]], dim=1).to(model.dtype)
+    history = _cast(model, torch.cat([outputs["ac_h"][:, :n], outputs["tf_pred"][:, :n]], dim=1))
     with torch.no_grad():
         for step in range(1, data["ar_auto_steps"]):
             raw = model.predictor(history, actions[:, : step + 1], states[:, : step + 1])
             history = torch.cat([history, normalize_latents(raw[:, -n:])], dim=1)
     predicted = history[:, n:]
     _check(predicted, outputs["ar_pred"], precision, "ar_pred")
-    loss = (predicted - outputs["ac_h"][:, n:n + predicted.shape[1]]).abs().mean()
+    loss = (predicted - _cast(model, outputs["ac_h"][:, n:n + predicted.shape[1]])).abs().mean()
     _check(loss, outputs["loss_sloss"], precision, "loss_sloss")
 
 
@@ -175,7 +175,7 @@ def test_rollout_frames_and_energy(name, precision, cached):
     horizon = recorded["rollout_actions"].shape[1]
     frames = model.rollout(context, recorded["rollout_actions"], recorded["rollout_poses"][:, :horizon], cached=cached)
     _check(frames, recorded["rollout_frames"][:, 1:], precision, "rollout_frames")
-    energy = (frames[:, -1].flatten(1) - recorded["rollout_goal_rep"][:, 0].flatten(1).to(frames.dtype)).abs().mean(1)
+    energy = (frames[:, -1].flatten(1) - _cast(model, recorded["rollout_goal_rep"][:, 0].flatten(1))).abs().mean(1)
     _check(energy, recorded["rollout_energy_l1"], precision, "rollout_energy_l1")
 
 
