@@ -19,12 +19,8 @@ on arrival, or when the arm discarded it as older than a command it already had.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,6 +32,7 @@ import numpy as np
 from .arm import Arm, Observation
 from .client import ArmClient, StepRecord, Subscriber
 from .replay import create_session
+from .service_process import ServiceError, ServiceProcess
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 BATCH_ENV = "JEPA_PLAN_BATCH_MAX"  # the service's cap on sessions per planning round; 1 = one at a time
@@ -195,67 +192,11 @@ def run_fleet(endpoint: str, robot_ids: list[str], rate_hz: float, seconds: floa
 
 # -- the service --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class ServiceProcess:
-    """`jepa-planner serve` in a subprocess on free loopback ports, with its own data directory."""
-
-    def __init__(self, preset: str, data_dir: Path, env: dict[str, str], device: str | None = None):
-        self.port, bridge_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.bridge = f"tcp://127.0.0.1:{bridge_port}"
-        self.log_path = data_dir / "serve.log"
-        command = [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port), "--bridge", self.bridge,
-                   "--data-dir", str(data_dir), "--model", preset, "--log-level", "warning"]
-        if device:
-            command += ["--device", device]
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2.0).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"the service was not ready within {timeout_s:g} s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()  # serve shuts down cleanly on SIGTERM
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-    def __enter__(self) -> "ServiceProcess":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def service_env(batch_max: int | None, threads: int | None) -> dict[str, str]:
+def service_env(batch_max: int | None) -> dict[str, str]:
+    """The service's environment: this one, with the batch cap set (or its default when None)."""
     env = {key: value for key, value in os.environ.items() if key != BATCH_ENV}
     if batch_max is not None:
         env[BATCH_ENV] = str(batch_max)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -272,14 +213,14 @@ def measure(args: argparse.Namespace, batch_max: int | None, data_dir: Path, wit
                "topk": min(10, args.samples)}
     robot_ids = [f"fleet-{index}" for index in range(args.robots)]
     runs = {}
-    with ServiceProcess(args.preset, data_dir, service_env(batch_max, args.threads), args.device) as service:
-        service.wait_ready()
+    with ServiceProcess(args.preset, device=args.device, threads=args.threads, env=service_env(batch_max),
+                        data_dir=data_dir, load_timeout_s=READY_TIMEOUT_S) as service:
         for seed, robot_id in enumerate(robot_ids):
             create_session(service.url, None, robot_id, goal_frame(seed, args.image_size), planner)
         common = dict(rate_hz=args.rate_hz, seconds=args.seconds, image_size=args.image_size, stale_ms=args.stale_ms)
         if with_single:
-            runs["single"] = run_fleet(service.bridge, robot_ids[:1], **{**common, "rate_hz": args.single_rate_hz})
-        runs["fleet"] = run_fleet(service.bridge, robot_ids, **common)
+            runs["single"] = run_fleet(service.bridge_endpoint, robot_ids[:1], **{**common, "rate_hz": args.single_rate_hz})
+        runs["fleet"] = run_fleet(service.bridge_endpoint, robot_ids, **common)
     return runs
 
 
@@ -320,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
             serial_dir.mkdir()
             batched = measure(args, None, batched_dir, with_single=True)
             serial = measure(args, 1, serial_dir, with_single=False)
-    except RuntimeError as error:
+    except (RuntimeError, ServiceError) as error:
         print(f"bench fleet: {error}")
         return EXIT_FAILURE
     result = summary(args, batched["fleet"], serial["fleet"], batched["single"])

@@ -50,7 +50,8 @@ def service_python() -> str:
 
 class ServiceProcess:
     """`with ServiceProcess(model=...) as service:` a real `jepa-planner serve` on free loopback ports,
-    with its own data directory (a temporary one unless given) and `serve.log` there."""
+    with its own data directory (a temporary one unless given) and `serve.log` there. `env` is the
+    service's whole environment (default: this process's)."""
 
     def __init__(self, model: str = "demo", *, random_init_seed: int | None = None, device: str | None = None,
                  threads: int | None = None, env: dict[str, str] | None = None, data_dir: Path | None = None,
@@ -74,7 +75,7 @@ class ServiceProcess:
             command += ["--device", self.device]
         if self.random_init_seed is not None:
             command += ["--random-init", str(self.random_init_seed)]
-        env = {**os.environ, **(self.env or {})}
+        env = dict(os.environ if self.env is None else self.env)
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)  # torch's intra-op threads for planning
         self.log_path = self.data_dir / "serve.log"
