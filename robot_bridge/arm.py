@@ -142,8 +142,10 @@ class Arm(ABC):
     def move_to(self, target: np.ndarray) -> None:
         """Move towards an absolute 7-D end-effector target for one control period.
 
-        The caller has already clamped `target` to the workspace and step limits. The client
-        loop calls exactly one of `move_to` / `hold` per control period, at `control_hz`.
+        The caller has already clamped `target` to the safety limits. The client loop calls
+        `move_to` at most once per control period (at `control_hz`), and `hold` whenever the arm
+        must keep still: in a period without a fresh target, and mid-period when the last target's
+        freshness deadline passes or the service says hold or stop.
         """
 
     @abstractmethod
