@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,9 +66,11 @@ SEND_RETRY_S = 0.02                # retry a hello or heartbeat that could not b
 
 
 class BridgeConnection:
-    """A DEALER socket named by the robot id, speaking the protocol; used by one thread at a time.
+    """A DEALER socket speaking the protocol for one robot id; used by one thread at a time.
 
-    Frames that fail validation are dropped and counted in
+    Each socket gets a fresh random routing id (the robot id travels in `hello`): the service
+    routes replies to the connection that said hello, so nobody can take a robot's replies by
+    presenting a routing id. Frames that fail validation are dropped and counted in
     `invalid_frames` / `invalid_by_code`. `last_echo` is when the last heartbeat echo (or the
     socket itself) came: the link's liveness.
     """
@@ -87,7 +90,7 @@ class BridgeConnection:
     def _open_socket(self) -> zmq.Socket:
         socket = self._context.socket(zmq.DEALER)
         try:
-            socket.routing_id = self.robot_id.encode()
+            socket.routing_id = b"arm-" + secrets.token_bytes(16)   # unguessable; never a leading zero byte
             socket.linger = 0
             socket.immediate = 1      # queue nothing while disconnected: old observations are worthless
             socket.sndhwm = self._send_queue

@@ -166,9 +166,14 @@ def test_protocol_rules_are_enforced_with_error_replies(service_with_raw_peer):
         return peer.receive_message()
 
     assert reply_to(observation(0)).code == ErrorCode.HELLO_REQUIRED.value
-    assert reply_to(hello("someone-else")).code == ErrorCode.ROBOT_ID_MISMATCH.value
     welcome = reply_to(hello("raw-1"))
     assert isinstance(welcome, WelcomeMessage) and welcome.robot_id == "raw-1"
+    with RawPeer(service.endpoint) as other:   # a second live connection claiming raw-1
+        other.send(hello("raw-1"))
+        refused = other.receive_message()
+    assert refused.code == ErrorCode.ROBOT_ID_MISMATCH.value and "in use" in refused.message
+    notice = peer.receive_message()                                 # the holder is told, and keeps the robot
+    assert notice.code == ErrorCode.ROBOT_ID_MISMATCH.value and "keeps it" in notice.message
     action = reply_to(observation(5))
     assert isinstance(action, ActionMessage) and action.seq == 5 and action.planning_ms >= 0
     stale = reply_to(observation(5))
