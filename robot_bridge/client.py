@@ -455,7 +455,7 @@ class ArmClient:
         state.counts["actions_received" if action else "holds_received"] += 1
         if action is None:                    # the service says keep still: now, not at the period end
             state.moving = None
-            self._hold("hold")
+            self._hold("hold", record=True)
         else:
             self._move_if_fresh()
 
@@ -485,11 +485,13 @@ class ArmClient:
         state.counts["moves"] += 1
         state.step = StepRecord(0, state.observation, None, "move", target, command.action, age)
 
-    def _hold(self, kind: str, age: float | None = None) -> None:
+    def _hold(self, kind: str, age: float | None = None, *, record: bool = False) -> None:
+        """Hold now. The period's record becomes this hold unless the period moved (its record is
+        that move, ended by a deadline hold) or `record` (the service said hold)."""
         state = self._state
         self.arm.hold()
         state.counts["holds"] += 1
-        if state.observation is not None:
+        if state.observation is not None and (record or not state.moved_this_period):
             if age is None and state.command is not None:
                 age = time.monotonic() - state.command.received_at
             state.step = StepRecord(0, state.observation, None, kind, None, None, age)
