@@ -242,6 +242,7 @@ class ArmClient:
         # Seconds from each expiring action's arrival to the hold its deadline caused (the last 1000).
         self.hold_latencies_s: collections.deque[float] = collections.deque(maxlen=1000)
         self._last_refused_seq: int | None = None
+        self._begin_s = 0.0                  # how long the last observe + send took
         self._stop_requested = threading.Event()
         self._state = _LoopState()
 
@@ -313,11 +314,17 @@ class ArmClient:
     # -- one period -------------------------------------------------------------------------
 
     def _begin_period(self) -> tuple[Observation, int | None]:
-        state = self._state
+        state, started = self._state, time.monotonic()
+        # Observing and sending cannot be interrupted: if the moving target's deadline would pass
+        # meanwhile (judged by how long the last period's took), hold now rather than late.
+        if state.moving is not None and started + self._begin_s >= state.moving.received_at + self.action_timeout:
+            self._expire(state.moving, started)
         observation = self.arm.observe()
         state.observation, state.moved_this_period, state.step = observation, False, None
         self._keep_link()
-        return observation, self._send_observation(observation)
+        seq = self._send_observation(observation)
+        self._begin_s = time.monotonic() - started
+        return observation, seq
 
     def _streaming_step(self, tick_end: float) -> int | None:
         _, seq = self._begin_period()
