@@ -17,21 +17,37 @@ class UnsafeTarget(ValueError):
     """A target that cannot be made safe by clamping (wrong shape, NaN or infinity)."""
 
 
+class TargetLeavesLimits(UnsafeTarget):
+    """The arm's measured pose is outside the limits and the target does not bring it back in.
+
+    The caller holds instead of moving (and reports it): from outside the limits only a target
+    that reduces the excess, on no axis increasing it, is accepted.
+    """
+
+
 def _wrap_angle(angle: np.ndarray) -> np.ndarray:
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    """What the arm accepts, whatever the service asks: applied to every target before `move_to`.
+    """What the arm accepts, whatever the service asks: the one place the arm's limits live.
 
-    The default box suits a Franka Panda with its base at the origin and the table top at z = 0.
+    Applied to every target before `move_to` (`clamp`) and to the arm's MEASURED pose: while the
+    measured pose is outside the box or the orientation range, only targets that move it back
+    are accepted (`TargetLeavesLimits` otherwise). The defaults suit a Franka Panda with its base
+    at the origin, the table top at z = 0 and the gripper pointing down (every default and its
+    meaning is listed in robot_bridge/PROTOCOL.md, section 5.4).
     """
 
     workspace_low: tuple[float, float, float] = (0.25, -0.45, 0.02)
     workspace_high: tuple[float, float, float] = (0.80, 0.45, 0.70)
     max_translation_m: float = 0.05    # per control step, from the current position
     max_rotation_rad: float = 0.25     # per control step, per Euler angle, from the current angles
+    # Absolute orientation: each extrinsic xyz Euler angle may differ from the reference by at
+    # most its range (wrapped). Reference = gripper pointing straight down (roll pi).
+    orientation_reference: tuple[float, float, float] = (np.pi, 0.0, 0.0)
+    orientation_range_rad: tuple[float, float, float] = (0.6, 0.6, 1.6)   # roll, pitch, yaw
 
     def __post_init__(self) -> None:
         low, high = np.asarray(self.workspace_low, float), np.asarray(self.workspace_high, float)
@@ -41,12 +57,31 @@ class SafetyLimits:
             raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}")
         if not (self.max_translation_m > 0 and self.max_rotation_rad > 0):
             raise ValueError("per-step limits must be positive")
+        reference = np.asarray(self.orientation_reference, float)
+        spans = np.asarray(self.orientation_range_rad, float)
+        if reference.shape != (3,) or not np.isfinite(reference).all():
+            raise ValueError("orientation_reference must be three finite angles (roll, pitch, yaw)")
+        if spans.shape != (3,) or not (np.isfinite(spans).all() and (spans > 0).all() and (spans <= np.pi).all()):
+            raise ValueError("orientation_range_rad must be three angles in (0, pi] (roll, pitch, yaw)")
+
+    def excess(self, pose: np.ndarray) -> np.ndarray:
+        """How far a pose is outside the limits: [metres outside the box, roll, pitch, yaw radians
+        beyond their ranges]; all zero inside."""
+        pose = np.asarray(pose, dtype=np.float64)
+        below = np.maximum(np.asarray(self.workspace_low) - pose[:3], 0.0)
+        above = np.maximum(pose[:3] - np.asarray(self.workspace_high), 0.0)
+        deviation = np.abs(_wrap_angle(pose[3:6] - np.asarray(self.orientation_reference)))
+        beyond = np.maximum(deviation - np.asarray(self.orientation_range_rad), 0.0)
+        return np.concatenate([[float(np.linalg.norm(below + above))], beyond])
 
     def clamp(self, target: np.ndarray, current: np.ndarray) -> np.ndarray:
-        """The nearest safe target: inside the box, at most one step from `current`, gripper in [0, 1].
+        """The nearest safe target: inside the box and orientation range, at most one step from
+        `current`, gripper in [0, 1].
 
-        The box is applied first and the step limit last, so the arm never jumps, even when it
-        starts outside the box and is being brought back in. Raises UnsafeTarget for wrong
+        The absolute limits apply first and the step limit last, so the arm never jumps, even when
+        it starts outside and is being brought back in. While `current` (the measured pose) is
+        outside, a target that does not move it back (its own excess larger on some axis, or not
+        smaller on any) raises TargetLeavesLimits: the caller holds. Raises UnsafeTarget for wrong
         shapes or non-finite numbers, in the target or in the arm's own state.
         """
         target = np.asarray(target, dtype=np.float64)
@@ -56,6 +91,13 @@ class SafetyLimits:
                 raise UnsafeTarget(f"{name} must have shape ({STATE_DIM},), got {pose.shape}")
             if not np.isfinite(pose).all():
                 raise UnsafeTarget(f"{name} contains NaN or infinity")
+        outside = self.excess(current)
+        if outside.any():
+            wanted = self.excess(target)
+            if (wanted > outside).any() or not (wanted < outside).any():
+                raise TargetLeavesLimits(
+                    f"measured pose {np.round(current[:6], 3).tolist()} is outside the limits (excess "
+                    f"{np.round(outside, 3).tolist()} m/rad) and the target does not move it back")
         safe = np.empty(STATE_DIM)
         position = np.clip(target[:3], self.workspace_low, self.workspace_high)
         step = position - current[:3]
@@ -63,7 +105,9 @@ class SafetyLimits:
         if distance > self.max_translation_m:
             step *= self.max_translation_m / distance
         safe[:3] = current[:3] + step
-        turn = np.clip(_wrap_angle(target[3:6] - current[3:6]), -self.max_rotation_rad, self.max_rotation_rad)
+        reference, spans = np.asarray(self.orientation_reference), np.asarray(self.orientation_range_rad)
+        angles = reference + np.clip(_wrap_angle(target[3:6] - reference), -spans, spans)
+        turn = np.clip(_wrap_angle(angles - current[3:6]), -self.max_rotation_rad, self.max_rotation_rad)
         safe[3:6] = _wrap_angle(current[3:6] + turn)
         safe[6] = np.clip(target[6], 0.0, 1.0)
         return safe
@@ -98,8 +142,10 @@ class Arm(ABC):
     def move_to(self, target: np.ndarray) -> None:
         """Move towards an absolute 7-D end-effector target for one control period.
 
-        The caller has already clamped `target` to the workspace and step limits. The client
-        loop calls exactly one of `move_to` / `hold` per control period, at `control_hz`.
+        The caller has already clamped `target` to the safety limits. The client loop calls
+        `move_to` at most once per control period (at `control_hz`), and `hold` whenever the arm
+        must keep still: in a period without a fresh target, and mid-period when the last target's
+        freshness deadline passes or the service says hold or stop.
         """
 
     @abstractmethod

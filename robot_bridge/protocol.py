@@ -37,7 +37,7 @@ class ErrorCode(str, enum.Enum):
     BAD_IMAGE = "bad_image"                  # undecodable, too large, or not the announced camera size
     OUT_OF_ORDER = "out_of_order"            # observation seq not above the previous one
     HELLO_REQUIRED = "hello_required"        # observation before hello (or after the service forgot the robot)
-    ROBOT_ID_MISMATCH = "robot_id_mismatch"  # hello.robot_id differs from the socket routing id
+    ROBOT_ID_MISMATCH = "robot_id_mismatch"  # robot id not bound to the CURVE key, or held by another live connection
     NO_SESSION = "no_session"                # no planning session for this robot on the service
     PLANNER_ERROR = "planner_error"
 

@@ -91,27 +91,29 @@ class ArmKeyBindings:
     """Which robot ids each admitted arm public key may claim.
 
     Keys are Z85 text, the form pyzmq's authenticator reports as a connection's `User-Id`, so the
-    service can check every received frame: `may_claim(frame.get("User-Id"), routing_id)`.
-    Also the authenticator's credentials provider (`callback`): only bound keys pass the handshake.
+    service can check every received frame against the robot id its connection claims (by hello):
+    `may_claim(frame.get("User-Id"), robot_id)`. The robot id is never taken from the routing id,
+    which the client chooses. Also the authenticator's credentials provider (`callback`): only
+    bound keys pass the handshake.
     """
 
     def __init__(self, robot_ids_by_key: Mapping[str, frozenset[str]]):
-        # Routing ids arrive as bytes: compare bytes, so a non-UTF-8 routing id is simply unbound.
-        self._routing_ids_by_key = {key: frozenset(rid.encode() for rid in ids) for key, ids in robot_ids_by_key.items()}
+        # Robot ids are compared as bytes (as they arrive), so any bytes at all are safe to test.
+        self._robot_ids_by_key = {key: frozenset(rid.encode() for rid in ids) for key, ids in robot_ids_by_key.items()}
 
     def __len__(self) -> int:
-        return len(self._routing_ids_by_key)
+        return len(self._robot_ids_by_key)
 
     def robot_ids(self, user_id: str) -> list[str]:
-        return sorted(rid.decode() for rid in self._routing_ids_by_key.get(user_id, ()))
+        return sorted(rid.decode() for rid in self._robot_ids_by_key.get(user_id, ()))
 
-    def may_claim(self, user_id: str, routing_id: bytes) -> bool:
-        """True when the key `user_id` (Z85) is bound to the robot id `routing_id`."""
-        return routing_id in self._routing_ids_by_key.get(user_id, ())
+    def may_claim(self, user_id: str, robot_id: bytes) -> bool:
+        """True when the key `user_id` (Z85) is bound to `robot_id` (UTF-8 bytes)."""
+        return robot_id in self._robot_ids_by_key.get(user_id, ())
 
     def callback(self, domain: str, z85_key: bytes) -> bool:
         """pyzmq ZAP credentials provider: admit a connection only for a bound key."""
-        return z85_key.decode("ascii") in self._routing_ids_by_key
+        return z85_key.decode("ascii") in self._robot_ids_by_key
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The service side of the bridge: one ROUTER socket, arms connect as DEALERs named by robot id.
+"""The service side of the bridge: one ROUTER socket, each arm connects a DEALER and says hello.
 
 Threads and their jobs:
 - the I/O thread owns every socket; it validates each frame, answers hello / heartbeat / bad
@@ -9,9 +9,11 @@ Threads and their jobs:
 So a slow planner never delays validation or answers to other messages, and a robot is never
 planned twice at once.
 
-Under CURVE every frame carries its connection's authenticated key (ZAP `User-Id`); a frame
-whose routing id (= robot id) is not bound to that key is refused before it is handled, so an
-admitted arm can neither greet nor steer as another robot (see `security.ArmKeyBindings`).
+Identity: a robot id belongs to the connection whose `hello` claimed it (under CURVE only a
+connection whose authenticated key, ZAP `User-Id`, is bound to that id: `security.ArmKeyBindings`).
+Replies for a robot go to that connection's own routing id, never to a routing id the client
+chose to match a robot id, and libzmq's handover is off, so an admitted key can neither take
+another robot's replies nor knock its connection off by presenting its routing id.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+import numpy as np
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
@@ -120,7 +123,7 @@ class BridgeService:
         self._robot_timeout_s = robot_timeout_s
         self._software = software
 
-        self._robots: dict[bytes, _Robot] = {}
+        self._robots: dict[bytes, _Robot] = {}   # by robot id (UTF-8 bytes); `_connection_of` says where to reply
         self._ready: collections.deque[bytes] = collections.deque()
         self._work = threading.Condition()
         self._counts: collections.Counter[str] = collections.Counter()
@@ -133,6 +136,13 @@ class BridgeService:
         self._authenticator: ThreadAuthenticator | None = None
         self._bindings: ArmKeyBindings | None = None   # set under CURVE: which robot ids each arm key may claim
         self._unbound_claims_logged: set[tuple[str, bytes]] = set()   # warn once per (key, claimed id), I/O thread only
+        # Which connection (ROUTER routing id) speaks for which robot id, set by hello; I/O thread only.
+        self._connection_of: dict[bytes, bytes] = {}   # robot id -> connection
+        self._robot_of: dict[bytes, bytes] = {}        # connection -> robot id
+        self._heard_at: dict[bytes, float] = {}        # bound connection -> when its last frame came
+        self._probed_at: dict[bytes, float] = {}       # robot id -> when its connection was last probed
+        # A bound connection heard from within this window is live (arms heartbeat every interval).
+        self._live_window_s = max(3.0, 3 * heartbeat_interval_s)
         self.endpoint: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -165,7 +175,7 @@ class BridgeService:
         router = self._context.socket(zmq.ROUTER)
         router.linger = 0
         router.maxmsgsize = self._limits.max_message_bytes   # libzmq drops the peer past this
-        router.router_handover = 1      # a restarted arm reclaims its robot id at once
+        router.router_handover = 0      # a routing id in use is never handed to a second connection
         router.router_mandatory = 1     # unroutable replies raise, so they are counted, never lost silently
         if self._keys is not None:
             public, secret = self._keys.key_pair()
@@ -297,64 +307,110 @@ class BridgeService:
             with self._counts_lock:   # one lock round-trip per frame, not two
                 self._counts["messages_received"] += 1
                 self._counts["bytes_received"] += sum(len(f) for f in frames)
-            routing_id = frames[0].bytes
+            connection = frames[0].bytes
             if len(frames) != 2:
-                self._reply_error(routing_id, ProtocolError(
+                self._reply_error(connection, ProtocolError(
                     ErrorCode.MALFORMED, f"a message is exactly one frame, got {len(frames) - 1}"))
                 continue
             message: Message | None = None
+            if connection in self._robot_of:
+                self._heard_at[connection] = time.monotonic()
             try:
                 message = decode(frames[1].bytes, self._limits, accept=ARM_TO_SERVICE)
-                if self._bindings is not None:
-                    self._check_key_binding(routing_id, frames[1], message)
-                self._handle(routing_id, message)
+                robot_id = message.robot_id.encode() if isinstance(message, HelloMessage) else self._robot_of.get(connection)
+                if self._bindings is not None and robot_id is not None:
+                    self._check_key_binding(robot_id, frames[1], message)
+                self._handle(connection, robot_id, message)
             except ProtocolError as error:
                 if not isinstance(message, ErrorMessage):   # never answer an error, even a refused one
-                    self._reply_error(routing_id, error)
+                    self._reply_error(connection, error)
 
-    def _check_key_binding(self, routing_id: bytes, frame: zmq.Frame, message: Message) -> None:
-        """Refuse a frame whose robot id (its routing id) is not bound to its connection's CURVE key."""
+    def _check_key_binding(self, robot_id: bytes, frame: zmq.Frame, message: Message) -> None:
+        """Refuse a frame for a robot id (claimed by hello, or bound to its connection) that is not
+        bound to its connection's CURVE key."""
         try:
             user_id = frame.get("User-Id")
         except zmq.ZMQError:   # no ZAP metadata on this frame: treat as unbound, never crash the I/O thread
             user_id = ""
-        if self._bindings.may_claim(user_id, routing_id):
+        if self._bindings.may_claim(user_id, robot_id):
             return
         self._count("robot_id_not_bound")
-        if (user_id, routing_id) not in self._unbound_claims_logged:
+        if (user_id, robot_id) not in self._unbound_claims_logged:
             if len(self._unbound_claims_logged) >= 1024:   # bounded: a flood of distinct claims cannot grow it
                 self._unbound_claims_logged.clear()
-            self._unbound_claims_logged.add((user_id, routing_id))
-            log.warning("arm key %s claimed robot id %r; it is bound to %s", user_id, routing_id[:64],
+            self._unbound_claims_logged.add((user_id, robot_id))
+            log.warning("arm key %s claimed robot id %r; it is bound to %s", user_id, robot_id[:64],
                         self._bindings.robot_ids(user_id))
         bound = ", ".join(self._bindings.robot_ids(user_id)) or "no robot id"
         raise ProtocolError(
             ErrorCode.ROBOT_ID_MISMATCH,
-            f"this arm's CURVE key may speak only for {bound}, not for routing id {routing_id[:64]!r}; "
+            f"this arm's CURVE key may speak only for {bound}, not for robot id {robot_id[:64]!r}; "
             "connect with the key issued for that robot id (the service admits ROBOT_ID.key for ROBOT_ID)",
             message.seq if isinstance(message, ObservationMessage) else None)
 
-    def _handle(self, routing_id: bytes, message: Message) -> None:
+    def _handle(self, connection: bytes, robot_id: bytes | None, message: Message) -> None:
         now = time.monotonic()
         if isinstance(message, HelloMessage):
-            self._handle_hello(routing_id, message, now)
+            self._claim(robot_id, connection, now)
+            self._bind_connection(robot_id, connection)
+            self._handle_hello(robot_id, message, now)
         elif isinstance(message, ObservationMessage):
-            self._handle_observation(routing_id, message, now)
-        elif isinstance(message, HeartbeatMessage):
-            with self._work:
-                robot = self._robots.get(routing_id)
-                if robot is not None:
-                    robot.last_seen = now
-            self._send(routing_id, message)
+            if robot_id is None:
+                raise ProtocolError(ErrorCode.HELLO_REQUIRED, "send hello before observations", message.seq)
+            self._handle_observation(robot_id, message, now)
+        elif isinstance(message, HeartbeatMessage):   # echoed to the connection, before hello too
+            if robot_id is not None:
+                with self._work:
+                    robot = self._robots.get(robot_id)
+                    if robot is not None:
+                        robot.last_seen = now
+            self._send(connection, message)
         elif isinstance(message, ErrorMessage):  # never answered: no error ping-pong
             self._count("arm_errors_received")
-            log.warning("arm %r reported %s: %s", routing_id, message.code, message.message)
+            log.warning("arm %r reported %s: %s", robot_id or connection, message.code, message.message)
+
+    def _claim(self, robot_id: bytes, connection: bytes, now: float) -> None:
+        """Refuse a hello for a robot id that another live connection holds.
+
+        The holder is live while heard from within the live window and still routable (probed at
+        most twice a second with an error telling it of the claim, so a flood of claims cannot fill
+        its queue). A silent or closed holder is replaced: that is how a restarted arm comes back.
+        """
+        holder = self._connection_of.get(robot_id)
+        if holder is None or holder == connection or now - self._heard_at.get(holder, -np.inf) > self._live_window_s:
+            return
+        if now - self._probed_at.get(robot_id, -np.inf) >= 0.5:
+            self._probed_at[robot_id] = now
+            notice = ErrorMessage(ErrorCode.ROBOT_ID_MISMATCH.value,
+                                  f"another connection said hello as {robot_id.decode()!r}; this connection keeps it")
+            try:
+                self._router.send_multipart([holder, encode(notice)], zmq.NOBLOCK)
+            except zmq.ZMQError as error:
+                if error.errno == zmq.EHOSTUNREACH:   # the holder's connection is gone
+                    return
+        self._count("robot_id_in_use")
+        raise ProtocolError(ErrorCode.ROBOT_ID_MISMATCH,
+                            f"robot id {robot_id.decode()!r} is in use by another live connection; the first "
+                            "connection keeps it until it closes or falls silent (retry hello later)")
+
+    def _bind_connection(self, robot_id: bytes, connection: bytes) -> None:
+        """From now on `robot_id`'s replies go to `connection` (`_claim` has ruled out a live holder)."""
+        previous_robot = self._robot_of.get(connection)
+        if previous_robot is not None and previous_robot != robot_id and self._connection_of.get(previous_robot) == connection:
+            del self._connection_of[previous_robot]
+        previous_connection = self._connection_of.get(robot_id)
+        if previous_connection is not None and previous_connection != connection:
+            self._unbind(previous_connection)
+            self._count("robot_connections_replaced")
+        self._connection_of[robot_id] = connection
+        self._robot_of[connection] = robot_id
+        self._heard_at[connection] = time.monotonic()
+
+    def _unbind(self, connection: bytes) -> None:
+        self._robot_of.pop(connection, None)
+        self._heard_at.pop(connection, None)
 
     def _handle_hello(self, routing_id: bytes, hello: HelloMessage, now: float) -> None:
-        if hello.robot_id.encode() != routing_id:
-            raise ProtocolError(ErrorCode.ROBOT_ID_MISMATCH,
-                                f"hello says robot_id {hello.robot_id!r} but the socket routing id is "
-                                f"{routing_id[:64]!r}; set ZMQ_ROUTING_ID to the robot id before connecting")
         with self._work:
             robot = self._robots.get(routing_id)
             if robot is None:
@@ -372,10 +428,10 @@ class BridgeService:
                 log.exception("session_info(%r) failed", hello.robot_id)
         log.info("arm %s connected: camera %dx%d at %.1f Hz", hello.robot_id, hello.camera_height,
                  hello.camera_width, hello.control_hz)
-        self._send(routing_id, WelcomeMessage(
+        self._send_to_robot(routing_id, encode(WelcomeMessage(
             robot_id=hello.robot_id, max_message_bytes=self._limits.max_message_bytes,
             heartbeat_interval_s=self._heartbeat_interval_s,
-            session=dict(session) if session is not None else None, software=self._software))
+            session=dict(session) if session is not None else None, software=self._software)))
 
     def _handle_observation(self, routing_id: bytes, observation: ObservationMessage, now: float) -> None:
         with self._work:
@@ -407,7 +463,15 @@ class BridgeService:
             except zmq.Again:
                 return
             if routing_id:
-                self._send_raw(routing_id, payload)
+                self._send_to_robot(routing_id, payload)
+
+    def _send_to_robot(self, robot_id: bytes, payload: bytes) -> None:
+        """Deliver to the connection that said hello for `robot_id` (none: undeliverable)."""
+        connection = self._connection_of.get(robot_id)
+        if connection is None:
+            self._count("replies_undeliverable")
+            return
+        self._send_raw(connection, payload)
 
     def _send(self, routing_id: bytes, message: Message) -> None:
         self._send_raw(routing_id, encode(message))
@@ -446,6 +510,10 @@ class BridgeService:
             for routing_id in silent:
                 del self._robots[routing_id]
         for routing_id in silent:
+            self._probed_at.pop(routing_id, None)
+            connection = self._connection_of.pop(routing_id, None)
+            if connection is not None and self._robot_of.get(connection) == routing_id:
+                self._unbind(connection)
             log.info("forgot silent arm %r", routing_id)
 
     # -- planner threads --------------------------------------------------------------------
@@ -515,4 +583,5 @@ _COUNTER_NAMES = (
     "observations_received", "observations_dropped_stale", "observations_planned", "actions_sent",
     "holds_sent", "stops_sent", "planner_errors", "replies_undeliverable", "arm_errors_received",
     "connections_accepted", "disconnections", "handshake_failures", "robot_id_not_bound",
+    "robot_connections_replaced", "robot_id_in_use",
 )

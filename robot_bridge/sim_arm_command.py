@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="stop after this many control periods")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--action-timeout", type=float, default=0.5, help="hold when no fresh action for this long (s)")
+    parser.add_argument("--blocking", action="store_true",
+                        help="the paper's mode: hold still, send one observation, wait for its action, execute, repeat")
+    parser.add_argument("--plan-deadline", type=float, default=60.0,
+                        help="with --blocking: longest wait for one plan before asking again (s, default %(default)s)")
     parser.add_argument("--image-format", choices=("jpeg", "raw"), default="jpeg")
     parser.add_argument("--workspace", type=float, nargs=6, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
                         help="safety box for the end effector in metres (default: SafetyLimits defaults)")
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         subscribers.append(EpisodeRecorder(args.record, task=f"sim-arm seed {args.seed}"))
     try:
         client = ArmClient(arm, args.endpoint, args.robot_id, args.rate, limits, args.action_timeout,
-                           keys=keys, image_format=args.image_format, subscribers=subscribers)
+                           keys=keys, image_format=args.image_format, subscribers=subscribers,
+                           blocking=args.blocking, plan_deadline_s=args.plan_deadline)
     except (InsecureEndpoint, ValueError, OSError) as error:
         arm.close()
         print(f"sim-arm: {error}")

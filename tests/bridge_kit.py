@@ -23,7 +23,7 @@ from robot_bridge.protocol import (
     encode,
 )
 
-START_POSE = (0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0)
+START_POSE = (0.5, 0.0, 0.3, -3.0, 0.0, 0.0, 0.0)   # gripper near pointing down, as SafetyLimits expects
 
 
 class PointArm(Arm):

@@ -61,10 +61,16 @@ def test_sim_arm_follows_actions_through_the_bridge():
     arm = SimArm(SimConfig(image_height=48, image_width=48), seed=0)
     start = arm.observe().state
     planner = StepPlanner(step=0.02)
+
+    class StopWhenAdvanced(Subscriber):   # 12 periods used to be the budget; on a loaded machine plans lag
+        def on_step(self, step):
+            if step.observation.state[0] - start[0] > 0.06 and client.stats().get("moves", 0) >= 6:
+                client.request_stop()
+
     try:
         with BridgeService(LOOPBACK, planner) as service, \
-                ArmClient(arm, service.endpoint, "sim0", 20.0, LIMITS) as client:
-            summary = client.run(max_steps=12)
+                ArmClient(arm, service.endpoint, "sim0", 20.0, LIMITS, subscribers=[StopWhenAdvanced()]) as client:
+            summary = client.run(duration_s=20.0)
         end = arm.observe().state
     finally:
         arm.close()
@@ -160,9 +166,14 @@ def test_protocol_rules_are_enforced_with_error_replies(service_with_raw_peer):
         return peer.receive_message()
 
     assert reply_to(observation(0)).code == ErrorCode.HELLO_REQUIRED.value
-    assert reply_to(hello("someone-else")).code == ErrorCode.ROBOT_ID_MISMATCH.value
     welcome = reply_to(hello("raw-1"))
     assert isinstance(welcome, WelcomeMessage) and welcome.robot_id == "raw-1"
+    with RawPeer(service.endpoint) as other:   # a second live connection claiming raw-1
+        other.send(hello("raw-1"))
+        refused = other.receive_message()
+    assert refused.code == ErrorCode.ROBOT_ID_MISMATCH.value and "in use" in refused.message
+    notice = peer.receive_message()                                 # the holder is told, and keeps the robot
+    assert notice.code == ErrorCode.ROBOT_ID_MISMATCH.value and "keeps it" in notice.message
     action = reply_to(observation(5))
     assert isinstance(action, ActionMessage) and action.seq == 5 and action.planning_ms >= 0
     stale = reply_to(observation(5))
@@ -265,7 +276,7 @@ def test_sim_arm_command_runs_as_a_process_over_curve_and_stops_cleanly_on_sigin
              "--client-key", str(tmp_path / "sim0.key_secret")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "MUJOCO_GL": "egl"})
         try:
-            wait_until(lambda: service.stats()["actions_sent"] >= 5 or process.poll() is not None, timeout=60)
+            wait_until(lambda: service.stats()["actions_sent"] >= 8 or process.poll() is not None, timeout=60)
             process.send_signal(signal.SIGINT)
             out, err = process.communicate(timeout=30)
         finally:

@@ -6,15 +6,16 @@ reads each frame's authenticated key (ZAP User-Id) and refuses any claim outside
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 import zmq.auth
 
-from bridge_kit import PointArm, RawPeer, StepPlanner, hello, observation, wait_until
+from bridge_kit import ClientThread, PointArm, RawPeer, StepPlanner, hello, observation, wait_until
 from robot_bridge.arm import SafetyLimits
 from robot_bridge.client import ArmClient
 from robot_bridge.keys import generate_key_pair
-from robot_bridge.protocol import ErrorCode, ErrorMessage, HeartbeatMessage, WelcomeMessage
+from robot_bridge.protocol import ActionMessage, ErrorCode, ErrorMessage, HeartbeatMessage, WelcomeMessage
 from robot_bridge.security import ClientKeys, ServerKeys
 from robot_bridge.service import BridgeService
 
@@ -70,32 +71,34 @@ def test_key_files_not_named_as_a_robot_id_or_not_holding_a_key_stop_the_service
 
 
 def test_arm_key_claiming_another_robot_is_refused_and_its_own_robot_is_served(keys):
-    """Key arm-a posing as arm-b gets errors for every message, while arm-a itself drives its robot."""
+    """Key arm-a saying hello as arm-b is refused and gets no robot (so its observations need a
+    hello), while arm-a itself drives its robot."""
     planner = StepPlanner()
     with BridgeService(LOOPBACK, planner, keys=service_keys(keys)) as service, \
             curve_peer(keys, service.endpoint, "arm-a", b"arm-b") as impostor:
-        impostor.send(ErrorMessage("planner_error", "an arm's error is never answered, even a refused one"))
-        refusals = []
+        impostor.send(ErrorMessage("planner_error", "an arm's error is never answered"))
+        replies = []
         for message in (hello("arm-b"), observation(0), HeartbeatMessage(1.0)):
             impostor.send(message)
-            refusals.append(impostor.receive_message())
-        assert all(isinstance(r, ErrorMessage) and r.code == MISMATCH for r in refusals), refusals
-        assert all("arm-a" in r.message and "arm-b" in r.message for r in refusals)
-        assert [r.seq for r in refusals] == [None, 0, None]
-        assert service.stats()["robot_id_not_bound"] == 4 and service.stats()["hellos"] == 0
+            replies.append(impostor.receive_message())
+        refused, no_robot, echo = replies
+        assert refused.code == MISMATCH and "arm-a" in refused.message and "arm-b" in refused.message
+        assert no_robot.code == ErrorCode.HELLO_REQUIRED.value and no_robot.seq == 0
+        assert isinstance(echo, HeartbeatMessage) and echo.timestamp == 1.0   # heartbeats are echoed before hello
+        assert service.stats()["robot_id_not_bound"] == 1 and service.stats()["hellos"] == 0
 
         arm = PointArm()
         client = ArmClient(arm, service.endpoint, "arm-a", 20.0, SafetyLimits(),
                            keys=ClientKeys(keys / "arm-a.key_secret", keys / "service.key"))
         with client:
             summary = client.run(max_steps=10)
-        impostor.send(observation(1))   # the service still refuses, and still answers, after serving arm-a
+        impostor.send(hello("arm-a"))   # its own key's robot id, whose connection has closed: free again
         late = impostor.receive_message()
         stats, robots = service.stats(), service.robots()
-    assert late.code == MISMATCH and late.seq == 1
+    assert isinstance(late, WelcomeMessage) and late.robot_id == "arm-a"
     assert client.welcomed and summary.stats["moves"] >= 5 and len(arm.moves()) >= 5
     assert {robot for robot, _, _ in planner.seen} == {"arm-a"}
-    assert stats["robot_id_not_bound"] == 5 and stats["hellos"] >= 1 and robots == ["arm-a"]
+    assert stats["robot_id_not_bound"] == 1 and stats["hellos"] >= 1 and robots == ["arm-a"]
 
 
 def test_own_robot_id_gets_welcome_and_actions_over_raw_curve_sockets(keys):
@@ -123,9 +126,50 @@ def test_one_key_copied_under_two_robot_ids_speaks_for_both_and_no_third(keys):
         for robot_id, peer in (("cell-x", cell_x), ("cell-y", cell_y), ("arm-a", not_bound), ("anonymous", anonymous)):
             peer.send(hello(robot_id if robot_id != "anonymous" else "cell-x"))
             replies[robot_id] = peer.receive_message()
-        wait_until(lambda: service.stats()["robot_id_not_bound"] == 2)
-        robots = service.robots()
+        notice = cell_x.receive_message()   # the holder of cell-x is told of the second claim
+        stats, robots = service.stats(), service.robots()
     assert [type(replies[r]) for r in ("cell-x", "cell-y")] == [WelcomeMessage, WelcomeMessage]
-    assert replies["arm-a"].code == MISMATCH and replies["anonymous"].code == MISMATCH
-    assert "cell-x, cell-y" in replies["arm-a"].message
+    assert replies["arm-a"].code == MISMATCH and "cell-x, cell-y" in replies["arm-a"].message
+    # The same key, bound to cell-x, on a second connection: refused while the first one is live.
+    assert replies["anonymous"].code == MISMATCH and "in use" in replies["anonymous"].message
+    assert notice.code == MISMATCH and "keeps it" in notice.message
+    assert stats["robot_id_not_bound"] == 1 and stats["robot_id_in_use"] == 1
     assert robots == ["cell-x", "cell-y"]
+
+
+def test_admitted_key_claiming_a_running_arm_cannot_disconnect_starve_or_read_it(keys):
+    """The attack from issue 15: key arm-a keeps (re)connecting under the real arm's robot id as
+    routing id and saying hello as arm-b. Before: the real arm-b got 1 action in 12 s instead of
+    17 in 10 s, and the impostor received some of its actions. Now arm-b's action rate holds."""
+    planner = StepPlanner(step=0.001)
+    with BridgeService(LOOPBACK, planner, keys=service_keys(keys)) as service:
+        arm = PointArm()
+        client = ArmClient(arm, service.endpoint, "arm-b", 20.0, SafetyLimits(),
+                           keys=ClientKeys(keys / "arm-b.key_secret", keys / "service.key"))
+        runner = ClientThread(client)
+        wait_until(lambda: client.stats().get("actions_received", 0) >= 3)
+        before = client.stats()["actions_received"]
+        time.sleep(2.0)
+        quiet_rate = (client.stats()["actions_received"] - before) / 2.0
+        stolen, refusals = [], 0
+        started, before = time.monotonic(), client.stats()["actions_received"]
+        while time.monotonic() - started < 3.0:
+            for routing_id in (b"arm-b", None):
+                with curve_peer(keys, service.endpoint, "arm-a", routing_id) as impostor:
+                    impostor.send(hello("arm-b"))
+                    impostor.send(observation(0))
+                    deadline = time.monotonic() + 0.15
+                    while time.monotonic() < deadline:
+                        if impostor.socket.poll(10):
+                            message = impostor.receive_message()
+                            stolen += [message] if isinstance(message, ActionMessage) else []
+                            refusals += isinstance(message, ErrorMessage)
+        attacked_rate = (client.stats()["actions_received"] - before) / (time.monotonic() - started)
+        summary = runner.finish()
+        client.close()
+        stats = service.stats()
+    print(f"\narm-b actions/s: {quiet_rate:.1f} alone, {attacked_rate:.1f} while key arm-a claims arm-b; "
+          f"impostor got {len(stolen)} actions, {refusals} refusals; arm-b reconnects {summary.stats.get('reconnects', 0)}")
+    assert stolen == [] and refusals >= 10 and stats["robot_id_not_bound"] >= 10
+    assert attacked_rate >= 0.7 * quiet_rate and summary.stats.get("reconnects", 0) == 0
+    assert {robot for robot, _, _ in planner.seen} == {"arm-b"}

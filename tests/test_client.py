@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import zmq
 
 from bridge_kit import START_POSE, ClientThread, PointArm, RawPeer
@@ -114,7 +115,7 @@ def test_client_reports_rtt_and_leaves_the_arm_holding_on_exit():
     client = ArmClient(arm, service.peer.endpoint, "arm-1", 50.0, LIMITS)
     runner = ClientThread(client)
     try:
-        service.pump(lambda: client.rtt_ms is not None)   # a heartbeat went out and came back
+        service.pump(lambda: client.rtt_ms is not None and service.last_seq >= 0)   # a heartbeat came back
     finally:
         summary = runner.finish()
         client.close()
@@ -122,3 +123,84 @@ def test_client_reports_rtt_and_leaves_the_arm_holding_on_exit():
     assert summary.reason == "requested" and summary.stats["rtt_ms"] >= 0
     assert arm.calls[-1][0] == "hold"
     assert summary.stats["observations_sent"] >= 1 and arm.moves() == []
+
+
+def near_action(seq: int, dx: float = 0.01) -> ActionMessage:
+    target = np.array(START_POSE) + np.array([dx, 0, 0, 0, 0, 0, 0.0])
+    return ActionMessage(delta=target - np.array(START_POSE), target=target, energy=1.0, seq=seq)
+
+
+@pytest.mark.parametrize("rate_hz", [4.0, 1.0])
+def test_arm_holds_within_the_action_timeout_of_its_last_action_at_any_rate(rate_hz):
+    """One action, answered just after an observation, then silence: the arm moves, holds at the
+    action's 0.5 s deadline (its own timer, not the next period end) and never moves on it again.
+    Before: at 4 Hz the hold came 0.52-0.75 s after the action (re-applied at 0.5 s); at 1 Hz the
+    action, applied only at the period end, was already stale and the arm never moved."""
+    service, arm = ScriptedService(), PointArm(hz=rate_hz)
+    client = ArmClient(arm, service.peer.endpoint, "arm-1", rate_hz, LIMITS)   # action_timeout 0.5 s
+    runner = ClientThread(client)
+    latencies = []
+    try:
+        for _ in range(2):
+            seen = service.last_seq
+            service.pump(lambda: service.last_seq > seen)      # an observation just came: answer at once
+            sent_at = time.monotonic()
+            service.send(near_action(service.last_seq))
+            quiet_until = sent_at + 0.5 + 2.0 / rate_hz
+            service.pump(lambda: time.monotonic() > quiet_until)
+            after = [(kind, t) for kind, t, _ in arm.calls if t > sent_at]
+            moves = [t for kind, t in after if kind == "move"]
+            assert moves, f"the fresh action was never applied at {rate_hz} Hz"
+            hold = next(t for kind, t in after if kind == "hold" and t > moves[0])
+            assert not [t for t in moves if t > hold], "a stale target was applied again after the hold"
+            latencies.append(hold - sent_at)
+    finally:
+        summary = runner.finish()
+        client.close()
+        service.peer.close()
+    print(f"\n{rate_hz} Hz: hold {[round(x, 4) for x in latencies]} s after the action was sent "
+          f"(client deadline holds {[round(x, 4) for x in client.hold_latencies_s]})")
+    assert max(latencies) <= 0.5 + 0.12, latencies   # the deadline plus wake-up and load on a shared machine
+    assert summary.stats["deadline_holds"] >= 2
+
+
+def test_arm_measured_outside_the_box_takes_only_targets_that_bring_it_back():
+    outside = np.array(START_POSE) + np.array([0, 0.35, 0, 0, 0, 0, 0.0])   # y = 0.35, the box ends at 0.3
+    service, arm = ScriptedService(), PointArm(start=outside)
+    client = ArmClient(arm, service.peer.endpoint, "arm-1", 50.0, LIMITS)
+    runner = ClientThread(client)
+    try:
+        service.pump(lambda: service.last_seq >= 2)
+        further = outside + np.array([0.01, 0.02, 0, 0, 0, 0, 0])           # along x but further out in y
+        service.send(ActionMessage(further - outside, further, 1.0, seq=service.last_seq))
+        service.pump(lambda: client.stats().get("holds_outside_limits", 0) >= 1)
+        assert arm.moves() == [] and arm.calls[-1][0] == "hold"
+        seen = service.last_seq
+        service.pump(lambda: service.last_seq > seen)                       # a newer seq to answer
+        back = outside - np.array([0, 0.1, 0, 0, 0, 0, 0])                   # towards the box
+        service.send(ActionMessage(back - outside, back, 1.0, seq=service.last_seq))
+        service.pump(lambda: len(arm.moves()) >= 1)
+    finally:
+        runner.finish()
+        client.close()
+        service.peer.close()
+    assert arm.moves()[0][1] == pytest.approx(0.35 - LIMITS.max_translation_m)
+
+
+def test_heartbeats_keep_a_slow_loop_linked_without_any_action():
+    """At 0.25 Hz (a 4 s period, as when a demo paces itself to a slow planner) with no action ever:
+    heartbeats go out on their own timer and their echoes keep the link. Before, the heartbeat
+    rode on the observation, the link fell silent for 3 s and was re-made every period."""
+    service, arm = ScriptedService(), PointArm()
+    client = ArmClient(arm, service.peer.endpoint, "arm-1", 0.25, LIMITS)
+    runner = ClientThread(client)
+    try:
+        started = time.monotonic()
+        service.pump(lambda: time.monotonic() - started > 5.0)   # into the second period
+        stats = client.stats()          # now: finishing waits for the period to end, unanswered
+    finally:
+        runner.finish()
+        client.close()
+        service.peer.close()
+    assert stats.get("reconnects", 0) == 0 and service.hellos == 1
+    assert stats["rtt_ms"] >= 0 and arm.moves() == []
