@@ -12,7 +12,7 @@ MUJOCO_GL ?= egl
 export MUJOCO_GL
 DEBIAN_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6
 
-.PHONY: setup system-deps test demo bench clean
+.PHONY: setup system-deps test demo bench clean lerobot-venv lerobot-check
 
 setup: $(VENV)/.installed
 
@@ -48,3 +48,20 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# LeRobot 0.4.4 itself, in its own venv, reading our datasets (tests/lerobot_check.py; issue 12).
+# lerobot's pins (torch<2.11) are skipped with --no-deps: only its dataset module is used.
+LEROBOT_VENV ?= .lerobot-venv
+LEROBOT_LIBS := datasets huggingface_hub pandas pyarrow av jsonlines packaging accelerate draccus torchvision==0.28.0
+
+lerobot-venv: $(LEROBOT_VENV)/.installed
+
+$(LEROBOT_VENV)/.installed:
+	$(PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/pip install -q "torch==2.13.0"
+	$(LEROBOT_VENV)/bin/pip install -q --no-deps lerobot==0.4.4
+	$(LEROBOT_VENV)/bin/pip install -q $(LEROBOT_LIBS)
+	@touch $@
+
+lerobot-check: setup lerobot-venv
+	LEROBOT_VENV=$(LEROBOT_VENV) $(BIN)/pytest -q tests/test_lerobot_real.py
