@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("robot_bridge.collect", "record exploratory sim-arm episodes for training"),
     "convert-franka-example": ("robot_bridge.franka_example", "convert the reference 2-frame Franka example to an episode"),
     "train": ("world_model.training.command", "train or post-train a world model"),
+    "convert": ("robot_bridge.convert", "LeRobot v3.0 datasets, older recordings or the Franka example to episodes"),
     "energy": ("planner.energy_landscape", "plot the energy landscape over an action grid to PNG"),
     "keys": ("robot_bridge.keys", "generate ZeroMQ CURVE key pairs"),
 }
@@ -28,6 +29,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "world-model": ("world_model.bench", "encode ms/image and rollout samples/s, cached vs full"),
     "plan": ("planner.bench", "seconds per planned action: reference-style baseline vs ours"),
     "server": ("server.bench", "act latency percentiles under concurrent sessions"),
+    "post-train": ("world_model.training.latent_bench", "post-training steps/s and peak memory with/without the latent cache"),
 }
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

@@ -21,10 +21,10 @@ import torch
 from tqdm import tqdm
 
 from world_model.training import diagnostics
-from world_model.training.data import ClipDataset
+from world_model.training.data import ClipDataset, Clips
 from world_model.training.ema import ema_update, make_target
 from world_model.training.encoding import encode_frames
-from world_model.training.losses import predictor_losses
+from world_model.training.losses import PredictorLosses, predictor_losses
 from world_model.training.plots import plot_losses
 from world_model.training.schedule import adamw_parameter_groups, warmup_stable_decay
 
@@ -124,17 +124,7 @@ class Trainer:
         clips = self.train_set.sample(config.batch_size, self.generator)
         if config.static_fraction > 0:
             clips = clips.held_still(torch.rand(config.batch_size, generator=self.generator) < config.static_fraction)
-        clips = clips.to(self.device)
-        with self._autocast():
-            if self.target_encoder is not None:
-                context = encode_frames(self.encoder, clips.frames)
-                with torch.no_grad():
-                    targets = encode_frames(self.target_encoder, clips.frames)
-            else:
-                with torch.no_grad():
-                    context = targets = encode_frames(self.encoder, clips.frames)
-            losses = predictor_losses(self.predictor, context, targets, clips.actions, clips.states,
-                                      config.rollout_steps)
+        losses = self.batch_losses(clips.to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         if config.grad_clip > 0:
@@ -144,6 +134,24 @@ class Trainer:
             ema_update(self.target_encoder, self.encoder, config.ema_decay)
         self.step += 1
         return losses.teacher_forcing.detach(), losses.rollout.detach()
+
+    def batch_losses(self, clips: Clips) -> PredictorLosses:
+        """The training losses of one batch (on the device). Clips with cached latents (post-train
+        only: the encoder is frozen) skip the encoder; otherwise their frames are encoded here."""
+        with self._autocast():
+            if clips.latents is not None:
+                if self.target_encoder is not None:
+                    raise ValueError("cached latents need a frozen encoder (post-train); from-pixels trains it")
+                context = targets = clips.latents
+            elif self.target_encoder is not None:
+                context = encode_frames(self.encoder, clips.frames)
+                with torch.no_grad():
+                    targets = encode_frames(self.target_encoder, clips.frames)
+            else:
+                with torch.no_grad():
+                    context = targets = encode_frames(self.encoder, clips.frames)
+            return predictor_losses(self.predictor, context, targets, clips.actions, clips.states,
+                                    self.config.rollout_steps)
 
     def fit(self, show_progress: bool = True) -> dict:
         config = self.config
