@@ -29,7 +29,8 @@ SOURCES = ("dataset", "franka-example")
 def kept_vectors(reader: EpisodeReader) -> dict[str, list[str]]:
     """The source's other 1-D numeric features, kept under their names."""
     mapping = reader.mapping
-    skip = {mapping.state_key, mapping.action_key, COMMANDED_ACTION, *BOOKKEEPING}
+    # Our own columns are written anew; under from-states the source's action is not ours to keep.
+    skip = {mapping.state_key, mapping.action_key, "observation.state", "action", COMMANDED_ACTION, *BOOKKEEPING}
     kept = {}
     for name, feature in reader.info["features"].items():
         if name in skip or feature["dtype"] in ("image", "video", "string") or len(feature["shape"]) != 1:

@@ -192,3 +192,27 @@ def test_datasets_that_cannot_be_mapped_are_refused_with_the_reason(lerobot_data
     (lerobot_dataset / "meta" / "info.json").write_text(json.dumps(joints))
     with pytest.raises(UnmappableDataset, match="joint-space only"):
         EpisodeReader(lerobot_dataset, action_meaning="from-states")
+
+
+def test_reads_a_lerobot_dataset_whose_camera_is_video(tmp_path):
+    root = tmp_path / "video"
+    shutil.copytree(FIXTURE.parent / "lerobot_video_v30", root)
+    with pytest.raises(UnmappableDataset, match="--action-meaning"):
+        EpisodeReader(root)
+    reader = EpisodeReader(root, action_meaning="absolute-pose")
+    assert reader.camera_key == "observation.images.front" and reader.image_shape == (48, 64, 3)
+    y, x = np.mgrid[0:48, 0:64]
+    for episode in reader.episodes:
+        frames = reader.frames(episode)
+        assert frames.shape == (6, 48, 64, 3)
+        for t, frame in enumerate(frames):  # AV1 is lossy: the synthetic gradient comes back closely
+            expected = np.stack([(x * 4 + 20 * t) % 256, (y * 5 + 60 * episode) % 256, np.full_like(x, 128)], -1)
+            assert np.abs(frame.astype(int) - expected).mean() < 12, (episode, t)
+    # absolute-pose: the commanded target 0.02 everywhere, relative to each state.
+    states = reader.states(1).astype(np.float64)
+    np.testing.assert_allclose(reader.actions(1)[:, :3], 0.02 - states[:-1, :3], atol=1e-6)
+    converted = tmp_path / "ours"
+    convert_dataset(root, converted, action_meaning="from-states")
+    ours = EpisodeReader(converted)
+    np.testing.assert_array_equal(ours.frames(1), reader.frames(1))  # stored losslessly from the decoded video
+    assert ours.info["source"]["camera_key"] == "observation.images.front"
