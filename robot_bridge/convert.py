@@ -54,7 +54,7 @@ def commanded_deltas(reader: EpisodeReader, episode: int) -> np.ndarray | None:
 
 
 def convert_dataset(source: Path, out: Path, camera_key: str | None = None, action_meaning: str | None = None,
-                    append: bool = False) -> dict:
+                    append: bool = False, video: bool = False) -> dict:
     reader = EpisodeReader(source, camera_key=camera_key, action_meaning=action_meaning)
     optional = kept_vectors(reader)
     has_commanded = commanded_deltas(reader, reader.episodes[0]) is not None if reader.episodes else False
@@ -64,7 +64,7 @@ def convert_dataset(source: Path, out: Path, camera_key: str | None = None, acti
                              "robot_type": reader.info.get("robot_type"), **reader.mapping.describe()}}
     with EpisodeWriter(out, fps=reader.fps, image_shape=reader.image_shape,
                        robot_type=reader.info.get("robot_type") or "unknown", optional_features=optional,
-                       extra_info=provenance, append=append) as writer:
+                       extra_info=provenance, append=append, video=video) as writer:
         for episode in reader.episodes:
             frames, states, timestamps = reader.frames(episode), reader.states(episode), reader.timestamps(episode)
             extras = {name: reader.column(name, episode) for name in optional if name != COMMANDED_ACTION}
@@ -89,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--action-meaning", choices=ACTION_MEANINGS,
                         help="what the source's action column means (required for datasets not recorded by us)")
     parser.add_argument("--append", action="store_true", help="add the episodes to an existing --out dataset")
+    parser.add_argument("--video", action="store_true", help="write the camera as AV1 mp4 video (lossy) instead of PNGs")
     parser.add_argument("--fixture", type=Path, help="franka-example: a fixture_*_data.pt")
 
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         print("convert: give the source dataset folder", file=sys.stderr)
         return 2
     try:
-        summary = convert_dataset(args.source, args.out, args.camera_key, args.action_meaning, args.append)
+        summary = convert_dataset(args.source, args.out, args.camera_key, args.action_meaning, args.append, args.video)
     except (OSError, ValueError, KeyError) as error:
         print(f"convert: {error}", file=sys.stderr)
         return 2

@@ -98,6 +98,7 @@ class EpisodeWriter:
         extra_info: dict | None = None,
         append: bool = False,
         data_files_size_in_mb: float = files.DATA_FILES_SIZE_IN_MB,
+        video: bool = False,
     ):
         self.root = Path(root)
         existing = self.root.exists() and any(self.root.iterdir())
@@ -116,6 +117,7 @@ class EpisodeWriter:
                 raise ValueError(f"{name!r} is a built-in column, not an optional feature")
         self.extra_info = dict(extra_info or {})
         self.data_files_size_in_mb = data_files_size_in_mb
+        self.video = video  # frames as an AV1 mp4 per chunk file instead of PNGs in the parquet (lossy)
         self.features = self._features()
         self._schema = files.data_schema(self.features)
         self._rows: list[dict] = []            # episodes table rows, stats included
@@ -124,6 +126,8 @@ class EpisodeWriter:
         self._total_frames = 0
         self._file = (0, 0)                    # (chunk, file) the next episode's data goes to
         self._parquet: pq.ParquetWriter | None = None
+        self._video_file = (0, 0)
+        self._video = None                     # lerobot_video.VideoFileWriter of the open video file
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self._staging = self.root.parent / f".{self.root.name}.partial-{os.getpid()}"
         if self._staging.exists():
@@ -169,13 +173,16 @@ class EpisodeWriter:
             raise ValueError(f"extras must be exactly {sorted(self.optional_features)}, got {sorted(extras)}")
         extras = {name: _finite_vector(extras[name], name, len(names)) for name, names in self.optional_features.items()}
         # PNG is lossless: training sees exactly the pixels the camera produced.
-        ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        if not ok:
-            raise OSError("could not encode the frame as PNG")
+        png = b""
+        if not self.video:
+            ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            if not ok:
+                raise OSError("could not encode the frame as PNG")
+            png = encoded.tobytes()
         for name, vector in extras.items():
             episode.extras[name].append(vector)
         episode.images.append(image.copy())
-        episode.pngs.append(png.tobytes())
+        episode.pngs.append(png)
         episode.states.append(state)
         episode.timestamps.append(timestamp)
 
@@ -204,6 +211,12 @@ class EpisodeWriter:
                                      schema=self._schema)
         chunk_index, file_index = self._data_file_for_next_episode()
         self._parquet.write_table(table)
+        video_columns = {}
+        if self.video:
+            video_chunk, video_file = self._video_file_for_next_episode()
+            start_s, end_s = self._video.add_episode(np.stack(episode.images))
+            video_columns = {f"videos/{IMAGE_KEY}/chunk_index": video_chunk, f"videos/{IMAGE_KEY}/file_index": video_file,
+                             f"videos/{IMAGE_KEY}/from_timestamp": start_s, f"videos/{IMAGE_KEY}/to_timestamp": end_s}
         episode_stats = {name: stats.image_stats(np.stack(episode.images)) if name == IMAGE_KEY
                          else stats.vector_stats(np.asarray(values[name], dtype=self.features[name]["dtype"]))
                          for name in self.features}
@@ -215,6 +228,7 @@ class EpisodeWriter:
             "data/file_index": file_index,
             "dataset_from_index": start,
             "dataset_to_index": start + length,
+            **video_columns,
         }
         for name, feature_stats in episode_stats.items():
             for key in stats.STAT_KEYS:
@@ -241,6 +255,7 @@ class EpisodeWriter:
         if not self._rows:
             raise ValueError("no episodes recorded")
         self._close_data_file()
+        self._close_video_file()
         for old in (self._staging / "meta" / "episodes").glob("*/*.parquet"):
             old.unlink()  # the appended episodes table replaces them (hard links: the originals stay)
         files.write_parquet(pa.Table.from_pylist(self._rows),
@@ -271,6 +286,7 @@ class EpisodeWriter:
 
     def abort(self) -> None:
         self._close_data_file()
+        self._close_video_file()
         shutil.rmtree(self._staging, ignore_errors=True)
 
     def __enter__(self) -> EpisodeWriter:
@@ -305,6 +321,25 @@ class EpisodeWriter:
             self._parquet = pq.ParquetWriter(path, self._schema, compression="snappy")
         return self._file
 
+    def _video_file_for_next_episode(self) -> tuple[int, int]:
+        from robot_bridge.lerobot_video import VideoFileWriter
+
+        path = self._staging / files.VIDEO_PATH.format(video_key=IMAGE_KEY, chunk_index=self._video_file[0],
+                                                       file_index=self._video_file[1])
+        if self._video is not None and files.size_in_mb(path) >= files.VIDEO_FILES_SIZE_IN_MB:
+            self._close_video_file()
+            self._video_file = files.next_file(*self._video_file)
+        if self._video is None:
+            path = self._staging / files.VIDEO_PATH.format(video_key=IMAGE_KEY, chunk_index=self._video_file[0],
+                                                           file_index=self._video_file[1])
+            self._video = VideoFileWriter(path, self.fps, self.image_shape[0], self.image_shape[1])
+        return self._video_file
+
+    def _close_video_file(self) -> None:
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+
     def _close_data_file(self) -> None:
         if self._parquet is not None:
             self._parquet.close()
@@ -332,12 +367,21 @@ class EpisodeWriter:
         self._total_frames = reader.total_frames
         last = max((row["data/chunk_index"], row["data/file_index"]) for row in self._rows)
         self._file = files.next_file(*last)
+        if self.video:
+            last_video = max((row[f"videos/{IMAGE_KEY}/chunk_index"], row[f"videos/{IMAGE_KEY}/file_index"])
+                             for row in self._rows)
+            self._video_file = files.next_file(*last_video)
         self.extra_info = {key: value for key, value in info.items() if key not in self._info_keys()} | self.extra_info
 
     def _features(self) -> dict:
         height, width, channels = self.image_shape
+        camera = {"dtype": "image", "shape": [height, width, channels], "names": ["height", "width", "channels"]}
+        if self.video:
+            from robot_bridge.lerobot_video import video_info
+
+            camera.update(dtype="video", info=video_info(height, width, _number(self.fps), "libsvtav1"))
         features = {
-            IMAGE_KEY: {"dtype": "image", "shape": [height, width, channels], "names": ["height", "width", "channels"]},
+            IMAGE_KEY: camera,
             "observation.state": _vector_feature(POSE_NAMES),
             "action": _vector_feature(POSE_NAMES),
         }
@@ -371,7 +415,7 @@ class EpisodeWriter:
             "fps": _number(self.fps),
             "splits": {"train": f"0:{self.num_episodes}"},
             "data_path": DATA_PATH,
-            "video_path": None,
+            "video_path": files.VIDEO_PATH if self.video else None,
             "features": self.features,
             "conventions": CONVENTIONS,
             **self.extra_info,

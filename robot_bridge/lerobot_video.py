@@ -34,3 +34,53 @@ def read_episode_frames(path: Path, from_timestamp: float, length: int, fps: flo
     if len(frames) != length:
         raise OSError(f"{path}: {len(frames)} frames from {from_timestamp:.3f} s, the episode has {length}")
     return np.stack(frames)
+
+
+class VideoFileWriter:
+    """Appends episodes' frames to one mp4 file, as LeRobot concatenates episodes in a video file.
+
+    AV1 (libsvtav1) in yuv420p with a keyframe every 2 frames and CRF 30 are LeRobot's defaults;
+    frame i of the file is shown at i / fps, so an episode starts at (frames before it) / fps.
+    """
+
+    def __init__(self, path: Path, fps: float, height: int, width: int, codec: str = "libsvtav1"):
+        try:
+            import av
+        except ImportError as error:
+            raise OSError("writing mp4 video needs PyAV (pip install av)") from error
+        from fractions import Fraction
+
+        if height % 2 or width % 2:
+            raise ValueError(f"video frames need an even height and width (yuv420p), got {height}x{width}")
+        self.path, self.fps = Path(path), fps
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self.path), mode="w")
+        options = {"g": "2", "crf": "30"} if codec in ("libsvtav1", "libx264") else {}
+        self._stream = self._container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000), options=options)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        self.frames = 0
+
+    def add_episode(self, frames: np.ndarray) -> tuple[float, float]:
+        """Encode (T, H, W, 3) uint8 RGB frames; returns the episode's (from, to) timestamps in the file."""
+        import av
+
+        start = self.frames / self.fps
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = self.frames  # in units of 1/fps: the stream's rate sets the codec's time base
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames += 1
+        return start, self.frames / self.fps
+
+    def close(self) -> None:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+
+
+def video_info(height: int, width: int, fps: float, codec: str) -> dict:
+    """The `info` record LeRobot keeps in a video feature."""
+    return {"video.height": height, "video.width": width, "video.codec": "av1" if codec == "libsvtav1" else codec,
+            "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps, "video.channels": 3,
+            "has_audio": False}

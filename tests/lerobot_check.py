@@ -1,8 +1,9 @@
 """Our datasets through LeRobot 0.4.4 itself; run by the LeRobot venv's python (`make lerobot-check`).
 
-    python tests/lerobot_check.py DATASET WORKDIR
+    python tests/lerobot_check.py DATASET WORKDIR EXPECTED_FRAMES.npy
 
-DATASET is a `jepa-planner collect` dataset. Checks, printing one line each and exiting non-zero on
+DATASET is a `jepa-planner collect` dataset (PNG frames, or `--video` mp4); EXPECTED_FRAMES are its frames
+as our reader decodes them (global index order). Checks, printing one line each and exiting non-zero on
 the first failure: LeRobotDataset loads it; a torch DataLoader yields image tensors (not None) equal
 to our reader's frames, state/action tensors, and task strings; LeRobot's dataset tools split,
 delete episodes from, merge, and append (resume recording) to it, and every result loads again.
@@ -29,29 +30,42 @@ def declare_torchvision_op_schemas() -> None:
     declare_torchvision_op_schemas.library = library  # keep the definitions alive
 
 
+def decode_with_pyav(video_path, timestamps: list[float], tolerance_s: float, backend=None) -> torch.Tensor:
+    """LeRobot's `decode_video_frames` contract, (T, C, H, W) float in [0, 1] at the given timestamps, on
+    PyAV alone: LeRobot 0.4.4 decodes with torchcodec or torchvision.io.VideoReader, and neither exists for
+    the torch 2.13 here. LeRobot still picks the file and the timestamps (from_timestamp + timestamp)."""
+    import av
+
+    with av.open(str(video_path)) as container:
+        decoded = [(float(frame.time), frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    times = np.array([time for time, _ in decoded])
+    frames = []
+    for timestamp in timestamps:
+        nearest = int(np.abs(times - timestamp).argmin())
+        if abs(times[nearest] - timestamp) > tolerance_s:
+            raise AssertionError(f"no frame at {timestamp} s in {video_path} (nearest {times[nearest]} s)")
+        frames.append(torch.from_numpy(decoded[nearest][1]).permute(2, 0, 1).float() / 255)
+    return torch.stack(frames)
+
+
 def check(condition: bool, what: str) -> None:
     print(("ok   " if condition else "FAIL ") + what, flush=True)
     if not condition:
         sys.exit(1)
 
 
-def our_frames(root: Path) -> np.ndarray:
-    """Frames in global index order, decoded from the embedded PNGs with PIL (not our reader)."""
-    import io
-
-    from PIL import Image
-
-    table = pq.read_table(root / "data" / "chunk-000" / "file-000.parquet", columns=["observation.image"])
-    return np.stack([np.asarray(Image.open(io.BytesIO(item["bytes"])).convert("RGB"))
-                     for item in table.column("observation.image").to_pylist()])
-
-
-def main(dataset: Path, work: Path) -> None:
+def main(dataset: Path, work: Path, expected_frames: Path) -> None:
     declare_torchvision_op_schemas()
     from lerobot.datasets import dataset_tools
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     info = json.loads((dataset / "meta" / "info.json").read_text())
+    video = info["features"]["observation.image"]["dtype"] == "video"
+    if video:
+        import lerobot.datasets.lerobot_dataset as lerobot_dataset
+
+        lerobot_dataset.decode_video_frames = decode_with_pyav
+        print("note video frames decoded by PyAV in LeRobot's place (no torchcodec/VideoReader for torch 2.13)")
     loaded = LeRobotDataset("jepa-planner/collect", root=dataset)
     check(len(loaded) == info["total_frames"] and loaded.num_episodes == info["total_episodes"],
           f"LeRobotDataset loads {len(loaded)} frames, {loaded.num_episodes} episodes")
@@ -60,12 +74,12 @@ def main(dataset: Path, work: Path) -> None:
           (3, *info["features"]["observation.image"]["shape"][:2]), "a frame is a (3, H, W) tensor")
     check(isinstance(item["task"], str) and item["task"] in ("explore", "push the cube"),
           f"the task is the text {item['task']!r}")
-    frames = our_frames(dataset)
+    frames = np.load(expected_frames)
     batches = list(torch.utils.data.DataLoader(loaded, batch_size=8, shuffle=False, num_workers=0))
     images = torch.cat([batch["observation.image"] for batch in batches])
     check(images.shape[0] == len(loaded) and images.dtype == torch.float32, "a DataLoader yields every frame")
     pixels = (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
-    check(np.array_equal(pixels, frames), "its pixels are exactly the recorded ones")
+    check(np.array_equal(pixels, frames), "its pixels are exactly the ones our reader decodes")
     tasks = [task for batch in batches for task in batch["task"]]
     check(all(isinstance(task, str) for task in tasks), "batched tasks are strings")
     states = torch.cat([batch["observation.state"] for batch in batches])
@@ -104,4 +118,4 @@ def main(dataset: Path, work: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))

@@ -216,3 +216,36 @@ def test_reads_a_lerobot_dataset_whose_camera_is_video(tmp_path):
     ours = EpisodeReader(converted)
     np.testing.assert_array_equal(ours.frames(1), reader.frames(1))  # stored losslessly from the decoded video
     assert ours.info["source"]["camera_key"] == "observation.images.front"
+
+
+def test_video_option_writes_lerobots_mp4_layout_and_appends(tmp_path):
+    y, x = np.mgrid[0:32, 0:48]
+    def clip(episode):
+        return [np.stack([(x * 5 + 15 * t) % 256, (y * 7 + 50 * episode) % 256, np.full_like(x, 90)], -1).astype(np.uint8)
+                for t in range(5)]
+    def write(root, episodes, append=False):
+        with EpisodeWriter(root, fps=4, image_shape=(32, 48, 3), video=True, append=append) as writer:
+            for episode in episodes:
+                writer.start_episode("slide")
+                for t, image in enumerate(clip(episode)):
+                    writer.add_frame(image, np.r_[0.01 * t, 0, 0, 0, 0, 0, 0])
+                writer.end_episode()
+    root = tmp_path / "video"
+    write(root, [0, 1])
+    info = json.loads((root / "meta" / "info.json").read_text())
+    assert info["video_path"] == "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+    assert info["features"]["observation.image"]["dtype"] == "video"
+    assert info["features"]["observation.image"]["info"]["video.codec"] == "av1"
+    assert "observation.image" not in pq.read_schema(root / "data" / "chunk-000" / "file-000.parquet").names
+    rows = pq.read_table(root / "meta" / "episodes").to_pylist()
+    assert [(r["videos/observation.image/from_timestamp"], r["videos/observation.image/to_timestamp"]) for r in rows] \
+        == [(0.0, 1.25), (1.25, 2.5)]
+    write(root, [2], append=True)  # a new episode goes to a new video file
+    assert (root / "videos" / "observation.image" / "chunk-000" / "file-001.mp4").is_file()
+    reader = EpisodeReader(root)
+    assert reader.num_episodes == 3
+    for episode in reader.episodes:
+        decoded = reader.frames(episode).astype(int)
+        assert np.abs(decoded - np.stack(clip(episode))).mean() < 8, episode  # AV1 at CRF 30: lossy but close
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    assert np.array(stats["observation.image"]["mean"]).shape == (3, 1, 1)

@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from robot_bridge import collect
+from robot_bridge.episodes import EpisodeReader
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("LEROBOT_VENV", ROOT / ".lerobot-venv"))
@@ -27,12 +29,16 @@ def lerobot_available() -> bool:
 
 
 @pytest.mark.slow
-def test_lerobot_loads_iterates_and_edits_a_collected_dataset(tmp_path):
+@pytest.mark.parametrize("video", [False, True], ids=["png", "video"])
+def test_lerobot_loads_iterates_and_edits_a_collected_dataset(tmp_path, video):
     if not lerobot_available():
         pytest.skip(f"no LeRobot 0.4.4 venv at {VENV}: run `make lerobot-check` (or set LEROBOT_VENV)")
     dataset = tmp_path / "collected"
-    collect.collect(dataset, episodes=4, steps=5, image_size=32, seed=1, progress=False)
-    result = subprocess.run([str(PYTHON), str(ROOT / "tests" / "lerobot_check.py"), str(dataset), str(tmp_path / "work")],
+    collect.collect(dataset, episodes=4, steps=5, image_size=32, seed=1, progress=False, video=video)
+    expected = tmp_path / "frames.npy"
+    np.save(expected, EpisodeReader(dataset).all_frames(cache=False))
+    result = subprocess.run([str(PYTHON), str(ROOT / "tests" / "lerobot_check.py"), str(dataset), str(tmp_path / "work"),
+                             str(expected)],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
     checks = [line for line in result.stdout.splitlines() if line.startswith(("ok ", "FAIL"))]
     print("\n".join(checks), file=sys.stderr)
