@@ -456,6 +456,7 @@ class EpisodeReader:
         self._columns = {name: _column_array(table.column(name)) for name in table.column_names if name != "index"}
         self._camera_in_table = self.mapping.camera_dtype == "image" and self.camera_key in pq.read_schema(
             self._data_path(*self._files[0])).names
+        self._image_file: tuple | None = None  # (file key, its first index, its camera column)
 
     @property
     def episodes(self) -> list[int]:
@@ -567,11 +568,14 @@ class EpisodeReader:
         return self._columns[name][start - offset : end - offset]
 
     def _embedded_images(self, row: dict) -> list[dict]:
-        table = pq.read_table(self._data_path(row["data/chunk_index"], row["data/file_index"]),
-                              columns=[self.camera_key, "index"])
-        first = table.column("index")[0].as_py()
-        start = row["dataset_from_index"] - first
-        return table.column(self.camera_key).slice(start, row["length"]).to_pylist()
+        """The episode's image cells; the camera column of one data file is kept, so reading a file's
+        episodes in order (as all_frames does) reads each file once."""
+        key = (row["data/chunk_index"], row["data/file_index"])
+        if self._image_file is None or self._image_file[0] != key:
+            table = pq.read_table(self._data_path(*key), columns=[self.camera_key, "index"])
+            self._image_file = (key, table.column("index")[0].as_py(), table.column(self.camera_key))
+        _, first, images = self._image_file
+        return images.slice(row["dataset_from_index"] - first, row["length"]).to_pylist()
 
     def _decode(self, item: dict | None, episode: int, frame: int) -> np.ndarray:
         data = None if item is None else item.get("bytes")
