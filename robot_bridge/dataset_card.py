@@ -14,7 +14,10 @@ import yaml
 from robot_bridge.lerobot_files import CARD_PATH
 
 
-def card_text(info: dict, tasks: dict[str, int], license_name: str = "mit") -> str:
+def card_text(info: dict, tasks: dict[str, int]) -> str:
+    # The writer cannot know who owns the recording (a lab's arm, a converted dataset): the card says
+    # "other" until the owner sets `license` in meta/info.json.
+    license_name = str(info.get("license", "other"))
     front = {
         "license": license_name,
         "task_categories": ["robotics"],
@@ -32,6 +35,7 @@ def card_text(info: dict, tasks: dict[str, int], license_name: str = "mit") -> s
         "",
         "## Dataset Description",
         "",
+        f"- **License:** {license_name}" + ("" if "license" in info else " (set `license` in meta/info.json before publishing)"),
         f"- **Robot type:** {info.get('robot_type')}",
         f"- **Episodes / frames:** {info.get('total_episodes')} / {info.get('total_frames')} at {info.get('fps')} fps",
         f"- **Tasks:** {', '.join(repr(task) for task in sorted(tasks, key=tasks.get)) or 'none'}",

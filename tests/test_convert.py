@@ -19,7 +19,7 @@ def test_converts_the_franka_example_and_then_to_video(reference_folder, tmp_pat
     assert cli.main(["convert", "--from", "franka-example", "--out", str(franka), "--fixture", str(fixture)]) == 0
     reader = EpisodeReader(franka)
     assert reader.frames(0).shape == (2, 256, 256, 3) and reader.info["robot_type"] == "franka"
-    assert (franka / "README.md").read_text().startswith("---\nlicense:")
+    assert (franka / "README.md").read_text().startswith("---\nlicense: other")
     video = tmp_path / "franka_video"
     assert cli.main(["convert", str(franka), "--out", str(video), "--video"]) == 0
     converted = EpisodeReader(video)
