@@ -83,6 +83,14 @@ def test_cached_and_uncached_post_training_give_the_same_loss(lerobot_dataset, t
         trainer.train_step()
     for p, q in zip(uncached.predictor.parameters(), cached.predictor.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    # Built on a dataset with latents, a trainer keeps the encoder off the device except to validate.
+    config = TrainConfig(mode="post-train", steps=5, batch_size=4, clip_frames=3, warmup_steps=1, decay_steps=1,
+                         validate_every=0, validation_clips=4, seed=3)
+    model = WorldModel.from_config(PRESETS["tiny"], seed=5)
+    parked = Trainer(config, model.encoder, model.predictor, cached_set, ClipDataset(episodes, 3), tmp_path / "c",
+                     torch.device("cpu"), lambda *args: None, {})
+    assert parked.encoder_parked and not uncached.encoder_parked
+    assert np.isfinite(parked.validate(clip_count=4)["prediction_l1"])
 
 
 def test_the_cache_is_reused_and_rebuilt_when_frames_or_encoder_change(lerobot_dataset, tmp_path):

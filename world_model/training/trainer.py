@@ -88,7 +88,10 @@ class Trainer:
         self.train_set, self.validation_set = train_set, validation_set
         self.export = export
         self.provenance = provenance
-        self.encoder = encoder.to(device)
+        # Training from cached latents never runs the frozen encoder: it stays in host memory and
+        # visits the device only to validate, so the device holds the predictor and its optimiser.
+        self.encoder_parked = config.mode == "post-train" and train_set.latents is not None
+        self.encoder = encoder.to("cpu") if self.encoder_parked else encoder.to(device)
         self.predictor = predictor.to(device).train()
         if config.mode == "from-pixels":
             self.encoder.train().requires_grad_(True)
@@ -198,10 +201,16 @@ class Trainer:
     def validate(self, clip_count: int) -> dict:
         self.encoder.eval()
         self.predictor.eval()
-        with self._autocast():
-            result = diagnostics.measure(self.exported_encoder, self.predictor, self.validation_set, self.device,
-                                         clip_count=clip_count, landscape_transitions=min(32, clip_count),
-                                         seed=self.config.seed)
+        if self.encoder_parked:
+            self.encoder.to(self.device)
+        try:
+            with self._autocast():
+                result = diagnostics.measure(self.exported_encoder, self.predictor, self.validation_set, self.device,
+                                             clip_count=clip_count, landscape_transitions=min(32, clip_count),
+                                             seed=self.config.seed)
+        finally:
+            if self.encoder_parked:
+                self.encoder.to("cpu")
         self.predictor.train()
         if self.target_encoder is not None:
             self.encoder.train()
