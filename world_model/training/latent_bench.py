@@ -1,7 +1,9 @@
 """`jepa-planner bench post-train`: post-training steps/s and peak memory with and without the latent cache.
 
-Each (model, cache on/off) pair runs in a fresh process, so its peak memory is its own: CUDA peak
-allocated on a GPU, peak resident set size on a CPU. Random weights and random frames are enough
+Steps/s: one process trains the same model twice, from frames and from cached latents, alternating
+one step of each, so a shared machine's changing load hits both alike. Peak memory: each variant
+then runs alone in a fresh process, so its peak is its own (CUDA peak allocated on a GPU, peak
+resident set size on a CPU). Random weights and random frames are enough
 for speed. Besides the measured models, it estimates the released ViT-g AC model from FLOPs: the
 share of a step the frozen encoder takes is what the cache saves (the estimate is checked against
 the measured models, whose FLOP shares it prints next to their measured speed-ups).
@@ -69,44 +71,66 @@ def _synthetic_dataset(config: ModelConfig, episodes: int, length: int, clip_fra
     return ClipDataset(data, clip_frames)
 
 
-def _measure(name: str, cached: bool, options: dict, queue) -> None:
-    """Runs in its own process: build, warm up, time `steps` training steps, report peaks."""
+def _build_trainer(name: str, cached: bool, options: dict, folder: Path):
+    """A post-training Trainer on synthetic data; with `cached`, on latents from a fresh store."""
     from world_model.model import WorldModel, resolve_device
     from world_model.training.latent_cache import build_or_load
     from world_model.training.trainer import TrainConfig, Trainer
 
-    torch.set_num_threads(options["threads"])
     device = resolve_device(options["device"])
     config = BENCH_MODELS[name]
     dataset = _synthetic_dataset(config, options["episodes"], options["length"], options["clip_frames"], 0)
     model = WorldModel.from_config(config, seed=0)
-    steps = options["steps"]
-    train = TrainConfig(mode="post-train", steps=steps + 2, batch_size=options["batch_size"],
+    train = TrainConfig(mode="post-train", steps=options["steps"] + 2, batch_size=options["batch_size"],
                         clip_frames=options["clip_frames"], warmup_steps=1, decay_steps=1, validate_every=0,
                         bf16=options["bf16"], seed=0)
-    with tempfile.TemporaryDirectory() as folder:
-        cache_seconds = None
-        if cached:
-            started = time.perf_counter()
-            latents, _ = build_or_load(Path(folder) / "cache", model.encoder, dataset.frames, device,
-                                       torch.bfloat16 if options["bf16"] else None, log=lambda *_: None)
-            dataset.attach_latents(latents)
-            cache_seconds = time.perf_counter() - started
-        trainer = Trainer(train, model.encoder, model.predictor, dataset, dataset, Path(folder) / "run", device,
-                          lambda *args: None, {})
-        for _ in range(2):
-            trainer.train_step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
+    cache_seconds = None
+    if cached:
         started = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
+        latents, _ = build_or_load(folder / f"cache-{name}", model.encoder, dataset.frames, device,
+                                   torch.bfloat16 if options["bf16"] else None, log=lambda *_: None)
+        dataset.attach_latents(latents)
+        cache_seconds = time.perf_counter() - started
+    trainer = Trainer(train, model.encoder, model.predictor, dataset, dataset, folder / f"run-{cached}", device,
+                      lambda *args: None, {})
+    return trainer, device, cache_seconds
+
+
+def _timed_step(trainer, device) -> float:
+    started = time.perf_counter()
+    trainer.train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def _interleaved_speed(name: str, options: dict, queue) -> None:
+    """Runs in its own process: steps/s from frames and from latents, one step of each in turn."""
+    torch.set_num_threads(options["threads"])
+    with tempfile.TemporaryDirectory() as folder:
+        pairs = [_build_trainer(name, cached, options, Path(folder)) for cached in (False, True)]
+        seconds = [0.0, 0.0]
+        for step in range(options["steps"] + 1):
+            for index, (trainer, device, _) in enumerate(pairs):
+                elapsed = _timed_step(trainer, device)
+                if step:  # the first round warms up
+                    seconds[index] += elapsed
+    queue.put({"uncached_steps_per_s": options["steps"] / seconds[0], "cached_steps_per_s": options["steps"] / seconds[1],
+               "cache_build_s": pairs[1][2]})
+
+
+def _measure(name: str, cached: bool, options: dict, queue) -> None:
+    """Runs in its own process: build, warm up, run a few training steps alone, report peak memory."""
+    torch.set_num_threads(options["threads"])
+    with tempfile.TemporaryDirectory() as folder:
+        trainer, device, cache_seconds = _build_trainer(name, cached, options, Path(folder))
+        _timed_step(trainer, device)
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
-    result = {"model": name, "latent_cache": cached, "steps_per_s": steps / seconds,
-              "cache_build_s": cache_seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(2):
+            _timed_step(trainer, device)
+    result = {"model": name, "latent_cache": cached, "cache_build_s": cache_seconds,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if device.type == "cuda":
         result["peak_cuda_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     queue.put(result)
@@ -137,22 +161,19 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for name in names:
         flops = step_flops(BENCH_MODELS[name], args.batch_size, args.clip_frames, 2)
+        share = flops["encoder"] / sum(flops.values())
+        speed = _in_process(context, _interleaved_speed, name, options)
         for cached in (False, True):
-            queue = context.Queue()
-            process = context.Process(target=_measure, args=(name, cached, options, queue))
-            process.start()
-            result = queue.get()
-            process.join()
-            result["encoder_flop_share"] = flops["encoder"] / sum(flops.values())
+            result = _in_process(context, _measure, name, cached, options)
+            result["steps_per_s"] = speed["cached_steps_per_s" if cached else "uncached_steps_per_s"]
+            result["encoder_flop_share"] = share
             results.append(result)
-            print(f"{name:18s} cache {'on ' if cached else 'off'}  {result['steps_per_s']:7.2f} steps/s  "
+            print(f"{name:18s} cache {'on ' if cached else 'off'}  {result['steps_per_s']:7.3f} steps/s  "
                   f"peak RSS {result['peak_rss_mb']:7.0f} MB"
                   + (f"  peak CUDA {result['peak_cuda_allocated_mb']:.0f} MB" if "peak_cuda_allocated_mb" in result else "")
-                  + (f"  (cache built in {result['cache_build_s']:.1f} s)" if cached else ""), flush=True)
-        off, on = results[-2], results[-1]
-        print(f"{name:18s} speed-up {on['steps_per_s'] / off['steps_per_s']:.2f}x measured; "
-              f"FLOP model predicts {1 / (1 - off['encoder_flop_share']):.2f}x (encoder share "
-              f"{100 * off['encoder_flop_share']:.0f}%)")
+                  + (f"  (cache built in {speed['cache_build_s']:.1f} s)" if cached else ""), flush=True)
+        print(f"{name:18s} speed-up {speed['cached_steps_per_s'] / speed['uncached_steps_per_s']:.2f}x measured; "
+              f"FLOP model predicts {1 / (1 - share):.2f}x (encoder share {100 * share:.0f}%)")
     giant = step_flops(PRESETS["ac_vit_giant"], args.batch_size, args.clip_frames, 2)
     share = giant["encoder"] / sum(giant.values())
     encoder_parameters = _encoder_parameters(PRESETS["ac_vit_giant"])
@@ -168,6 +189,15 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps({"options": options, "results": results, "vit_giant_estimate": estimate},
                                         indent=2))
     return 0
+
+
+def _in_process(context, target, *args):
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
 
 
 def _encoder_parameters(config: ModelConfig) -> int:
