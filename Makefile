@@ -14,7 +14,7 @@ DEBIAN_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6
 # The console's browser tests drive Debian's Chromium (Playwright's own browser download is unreachable).
 BROWSER_PACKAGE := chromium
 
-.PHONY: setup system-deps browser-deps test demo bench clean robosuite gpu-check
+.PHONY: setup system-deps browser-deps test demo bench clean robosuite gpu-check lerobot-venv lerobot-check
 
 setup: $(VENV)/.installed
 
@@ -64,7 +64,8 @@ $(ROBOSUITE_VENV)/.installed: pyproject.toml
 # The robosuite smoke test skips (with the reason) when its environment could not be made.
 test: setup
 	@$(MAKE) --no-print-directory robosuite || echo "robosuite environment not made: its tests will skip"
-	$(BIN)/pytest -q
+	@$(MAKE) --no-print-directory lerobot-venv || echo "LeRobot environment not made: its tests will skip"
+	LEROBOT_VENV=$(LEROBOT_VENV) $(BIN)/pytest -q
 
 demo: setup
 	$(BIN)/jepa-planner demo
@@ -79,4 +80,21 @@ gpu-check: setup
 	$(BIN)/jepa-planner gpu-check
 
 clean:
-	rm -rf $(VENV) $(ROBOSUITE_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(ROBOSUITE_VENV) $(LEROBOT_VENV) build *.egg-info .pytest_cache
+
+# LeRobot 0.4.4 itself, in its own venv, reading our datasets (tests/lerobot_check.py; issue 12).
+# lerobot's pins (torch<2.11) are skipped with --no-deps: only its dataset module is used.
+LEROBOT_VENV ?= .lerobot-venv
+LEROBOT_LIBS := datasets huggingface_hub pandas pyarrow av jsonlines packaging accelerate draccus torchvision==0.28.0
+
+lerobot-venv: $(LEROBOT_VENV)/.installed
+
+$(LEROBOT_VENV)/.installed:
+	$(PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/pip install -q "torch==2.13.0"
+	$(LEROBOT_VENV)/bin/pip install -q --no-deps lerobot==0.4.4
+	$(LEROBOT_VENV)/bin/pip install -q $(LEROBOT_LIBS)
+	@touch $@
+
+lerobot-check: setup lerobot-venv
+	LEROBOT_VENV=$(LEROBOT_VENV) $(BIN)/pytest -q tests/test_lerobot_real.py

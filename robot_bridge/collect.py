@@ -156,6 +156,7 @@ def collect(
     config: ExplorationConfig = ExplorationConfig(),
     control_hz: float = 4.0,
     progress: bool = True,
+    video: bool = False,
 ) -> dict:
     """Record a dataset at `out`; returns a summary (episodes, frames, seconds, push episodes)."""
     sim_config = SimConfig(image_height=image_size, image_width=image_size, control_hz=control_hz)
@@ -180,6 +181,7 @@ def collect(
             image_shape=(image_size, image_size, 3),
             optional_features={JOINTS: JOINT_NAMES, COMMANDED_ACTION: POSE_NAMES, ENVIRONMENT_STATE: CUBE_FEATURE},
             extra_info=provenance,
+            video=video,
         ) as writer:
             for episode in tqdm(range(episodes), desc="collect", unit="ep", disable=not progress):
                 rng = np.random.default_rng([seed, episode])
@@ -199,6 +201,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-hz", type=float, default=4.0, help="frames per second (DROID-like ~4)")
     parser.add_argument("--max-step", type=float, default=0.075, help="largest translation per step (m)")
     parser.add_argument("--push-fraction", type=float, default=0.3, help="share of episodes that push the cube")
+    parser.add_argument("--video", action="store_true",
+                        help="store frames as AV1 mp4 video (LeRobot's default; lossy) instead of embedded PNGs")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -209,9 +213,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = ExplorationConfig(max_step_m=args.max_step, push_fraction=args.push_fraction)
         summary = collect(
-            args.out, args.episodes, args.steps, args.image_size, args.seed, config, args.control_hz, not args.no_progress
+            args.out, args.episodes, args.steps, args.image_size, args.seed, config, args.control_hz, not args.no_progress,
+            args.video,
         )
-    except (FileExistsError, ValueError) as error:
+    except (FileExistsError, ValueError, OSError) as error:
         print(f"collect: {error}", file=sys.stderr)
         return 2
     print(

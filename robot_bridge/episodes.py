@@ -1,13 +1,16 @@
-"""Recorded episodes on disk, following the LeRobotDataset v3 layout (format: EPISODES.md).
+"""Recorded episodes on disk as LeRobot v3.0 datasets, read by LeRobot itself (format: EPISODES.md).
 
-    DIR/meta/info.json                                  fps, features, totals, path templates
-    DIR/meta/tasks.parquet                              task_index -> task text
-    DIR/meta/episodes/chunk-000/file-000.parquet        one row per episode: length, global index range
-    DIR/data/chunk-000/file-000.parquet                 one row per frame: state, action, timestamp, ...
-    DIR/images/observation.image/episode-XXXXXX/frame-XXXXXX.png   lossless frames
+    DIR/meta/info.json                               fps, features, totals, path templates, file sizes
+    DIR/meta/stats.json                              every feature: min/max/mean/std/count/q01..q99
+    DIR/meta/tasks.parquet                           task text (pandas index) -> task_index
+    DIR/meta/episodes/chunk-000/file-000.parquet     one row per episode: length, index range, files, stats
+    DIR/data/chunk-000/file-000.parquet              one row per frame, PNG frames embedded
+    DIR/README.md                                    dataset card
 
 Actions are derived, never taken from the command: action[t] is the pose difference between the
 achieved states of frames t and t+1 (DROID / V-JEPA 2-AC labels); the last frame's action is zero.
+`EpisodeReader` also reads datasets LeRobot wrote (any camera, an end-effector state found by
+name, a declared action meaning: lerobot_mapping.py) and our earlier layout with loose PNG files.
 """
 from __future__ import annotations
 
@@ -22,45 +25,60 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from robot_bridge import lerobot_files as files
+from robot_bridge import lerobot_stats as stats
 from robot_bridge.arm import STATE_DIM
+from robot_bridge.lerobot_files import CODEBASE_VERSION, DATA_PATH, EPISODES_PATH
+from robot_bridge.lerobot_mapping import POSE_NAMES, FeatureMapping, resolve
 from robot_bridge.poses import pose_difference
 
-CODEBASE_VERSION = "v3.0"
 IMAGE_KEY = "observation.image"
-DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-IMAGE_PATH = "images/{image_key}/episode-{episode_index:06d}/frame-{frame_index:06d}.png"
-FRAME_CACHE = "cache/observation.image.npy"
-POSE_NAMES = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+LEGACY_IMAGE_PATH = "images/{image_key}/episode-{episode_index:06d}/frame-{frame_index:06d}.png"
+FRAME_CACHE = "cache/{camera_key}.npy"
 JOINT_NAMES = [f"joint{i}" for i in range(1, 8)]
-_BOOKKEEPING = ("index", "episode_index", "frame_index", "timestamp", "task_index")
+_BOOKKEEPING = files.BOOKKEEPING
 # Optional per-frame vectors a recorder may add (name -> element names).
 JOINTS = "observation.joints"
 COMMANDED_ACTION = "action.commanded"       # what was asked, for comparison with the achieved `action`
 ENVIRONMENT_STATE = "observation.environment_state"  # LeRobot's name for non-robot state (the cube)
+CONVENTIONS = {
+    "state": "[x, y, z (m, robot base frame), roll, pitch, yaw (rad, extrinsic xyz), gripper 0=open..1=closed]",
+    "action": "achieved pose difference from frame t to t+1: [dxyz, xyz-Euler of R_{t+1} R_t^T, dgripper]",
+    "last_action": "zero: an episode of T frames has T-1 real actions",
+}
 
 
 def _vector_feature(names: list[str]) -> dict:
-    return {"dtype": "float32", "shape": [len(names)], "names": names}
+    return {"dtype": "float32", "shape": [len(names)], "names": list(names)}
 
 
 def _scalar_feature(dtype: str) -> dict:
     return {"dtype": dtype, "shape": [1], "names": None}
 
 
+def _number(value: float) -> float | int:
+    """LeRobot stores fps as an integer; keep a fractional rate as it is."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
 @dataclass
 class _Episode:
     task: str
+    images: list[np.ndarray] = field(default_factory=list)
+    pngs: list[bytes] = field(default_factory=list)
     states: list[np.ndarray] = field(default_factory=list)
     timestamps: list[float] = field(default_factory=list)
     extras: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
 class EpisodeWriter:
-    """Writes a new dataset into a staging folder and moves it into place on `finalize`.
+    """Writes a dataset into a staging folder and moves it into place on `finalize`.
 
     Nothing appears at `root` until `finalize` succeeds, and an existing dataset is never
-    overwritten, so an interrupted recording loses nothing that was there before.
+    overwritten, so an interrupted recording loses nothing that was there before. With
+    `append=True` an existing dataset of the same features grows: its files are hard-linked into
+    the staging folder, new episodes go to new data files, and the grown dataset replaces the old
+    one only once complete (a crash leaves the old one as it was).
 
         with EpisodeWriter(out, fps=4, image_shape=(64, 64, 3)) as writer:
             writer.start_episode("push the cube")
@@ -78,10 +96,14 @@ class EpisodeWriter:
         robot_type: str = "sim_franka_style",
         optional_features: dict[str, list[str]] | None = None,
         extra_info: dict | None = None,
+        append: bool = False,
+        data_files_size_in_mb: float = files.DATA_FILES_SIZE_IN_MB,
+        video: bool = False,
     ):
         self.root = Path(root)
-        if self.root.exists() and any(self.root.iterdir()):
-            raise FileExistsError(f"{self.root} exists and is not empty; choose a new folder")
+        existing = self.root.exists() and any(self.root.iterdir())
+        if existing and not append:
+            raise FileExistsError(f"{self.root} exists and is not empty; choose a new folder (or append)")
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
         if len(image_shape) != 3 or image_shape[2] != 3 or min(image_shape) < 1:
@@ -94,25 +116,38 @@ class EpisodeWriter:
             if name in ("observation.state", "action", IMAGE_KEY) or name in _BOOKKEEPING:
                 raise ValueError(f"{name!r} is a built-in column, not an optional feature")
         self.extra_info = dict(extra_info or {})
+        self.data_files_size_in_mb = data_files_size_in_mb
+        self.video = video  # frames as an AV1 mp4 per chunk file instead of PNGs in the parquet (lossy)
+        self.features = self._features()
+        self._schema = files.data_schema(self.features)
+        self._rows: list[dict] = []            # episodes table rows, stats included
+        self._episode_stats: list[dict] = []   # feature -> stat -> array, per episode
+        self._tasks: dict[str, int] = {}
+        self._total_frames = 0
+        self._file = (0, 0)                    # (chunk, file) the next episode's data goes to
+        self._parquet: pq.ParquetWriter | None = None
+        self._video_file = (0, 0)
+        self._video = None                     # lerobot_video.VideoFileWriter of the open video file
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self._staging = self.root.parent / f".{self.root.name}.partial-{os.getpid()}"
         if self._staging.exists():
             shutil.rmtree(self._staging)
         self._staging.mkdir()
-        self._columns: dict[str, list] = {name: [] for name in self._column_names()}
-        self._episode_rows: list[dict] = []
-        self._tasks: dict[str, int] = {}
+        self._appending = existing
+        if existing:
+            self._adopt_existing()
         self._current: _Episode | None = None
         self._finalized = False
 
     # ---- recording ------------------------------------------------------------------------
     @property
     def num_episodes(self) -> int:
-        return len(self._episode_rows)
+        return len(self._rows)
 
     def start_episode(self, task: str = "") -> int:
         if self._current is not None:
             raise RuntimeError("end_episode() the current episode before starting another")
+        self._require_open()
         self._current = _Episode(task=task, extras={name: [] for name in self.optional_features})
         return self.num_episodes
 
@@ -123,7 +158,7 @@ class EpisodeWriter:
         timestamp: float | None = None,
         extras: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Append one frame; checks everything before writing anything."""
+        """Append one frame; checks everything before keeping anything."""
         episode = self._require_episode()
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.shape != self.image_shape:
@@ -137,80 +172,121 @@ class EpisodeWriter:
         if set(extras) != set(self.optional_features):
             raise ValueError(f"extras must be exactly {sorted(self.optional_features)}, got {sorted(extras)}")
         extras = {name: _finite_vector(extras[name], name, len(names)) for name, names in self.optional_features.items()}
-        path = self._staging / IMAGE_PATH.format(image_key=IMAGE_KEY, episode_index=self.num_episodes, frame_index=frame_index)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # PNG is lossless: training sees exactly the pixels the camera produced.
-        if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-            raise OSError(f"could not write {path}")
+        png = b""
+        if not self.video:
+            ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            if not ok:
+                raise OSError("could not encode the frame as PNG")
+            png = encoded.tobytes()
         for name, vector in extras.items():
             episode.extras[name].append(vector)
+        episode.images.append(image.copy())
+        episode.pngs.append(png)
         episode.states.append(state)
         episode.timestamps.append(timestamp)
 
     def end_episode(self) -> int:
-        """Close the current episode (at least one frame); returns its episode index."""
+        """Write the current episode (at least one frame) to the data file; returns its index."""
         episode = self._require_episode()
         if not episode.states:
             raise ValueError("an episode needs at least one frame")
-        index, length = self.num_episodes, len(episode.states)
-        start = len(self._columns["index"])
+        index, length, start = self.num_episodes, len(episode.states), self._total_frames
         states = np.stack(episode.states)
         actions = np.zeros_like(states)
         actions[:-1] = pose_difference(states[:-1], states[1:])
         task_index = self._tasks.setdefault(episode.task, len(self._tasks))
-        columns = self._columns
-        columns["index"].extend(range(start, start + length))
-        columns["episode_index"].extend([index] * length)
-        columns["frame_index"].extend(range(length))
-        columns["timestamp"].extend(episode.timestamps)
-        columns["task_index"].extend([task_index] * length)
-        columns["observation.state"].extend(states.astype(np.float32))
-        columns["action"].extend(actions.astype(np.float32))
-        for name, vectors in episode.extras.items():
-            columns[name].extend(np.stack(vectors).astype(np.float32))
-        self._episode_rows.append(
-            {
-                "episode_index": index,
-                "tasks": [episode.task],
-                "length": length,
-                "data/chunk_index": 0,
-                "data/file_index": 0,
-                "dataset_from_index": start,
-                "dataset_to_index": start + length,
-            }
-        )
+        values = {
+            IMAGE_KEY: [{"bytes": png, "path": f"frame-{i:06d}.png"} for i, png in enumerate(episode.pngs)],
+            "observation.state": states,
+            "action": actions,
+            **{name: np.stack(vectors) for name, vectors in episode.extras.items()},
+            "timestamp": np.asarray(episode.timestamps),
+            "frame_index": np.arange(length),
+            "episode_index": np.full(length, index),
+            "index": np.arange(start, start + length),
+            "task_index": np.full(length, task_index),
+        }
+        table = pa.Table.from_arrays([files.column(values[name], self.features[name]) for name in self._schema.names],
+                                     schema=self._schema)
+        chunk_index, file_index = self._data_file_for_next_episode()
+        self._parquet.write_table(table)
+        video_columns = {}
+        if self.video:
+            video_chunk, video_file = self._video_file_for_next_episode()
+            start_s, end_s = self._video.add_episode(np.stack(episode.images))
+            video_columns = {f"videos/{IMAGE_KEY}/chunk_index": video_chunk, f"videos/{IMAGE_KEY}/file_index": video_file,
+                             f"videos/{IMAGE_KEY}/from_timestamp": start_s, f"videos/{IMAGE_KEY}/to_timestamp": end_s}
+        episode_stats = {name: stats.image_stats(np.stack(episode.images)) if name == IMAGE_KEY
+                         else stats.vector_stats(np.asarray(values[name], dtype=self.features[name]["dtype"]))
+                         for name in self.features}
+        row = {
+            "episode_index": index,
+            "tasks": [episode.task],
+            "length": length,
+            "data/chunk_index": chunk_index,
+            "data/file_index": file_index,
+            "dataset_from_index": start,
+            "dataset_to_index": start + length,
+            **video_columns,
+        }
+        for name, feature_stats in episode_stats.items():
+            for key in stats.STAT_KEYS:
+                row[f"stats/{name}/{key}"] = np.asarray(feature_stats[key]).tolist()
+        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        self._rows.append(row)
+        self._episode_stats.append(episode_stats)
+        self._total_frames += length
         self._current = None
         return index
 
     def discard_episode(self) -> None:
         """Drop the episode being recorded (e.g. after a fault) without touching finished ones."""
         self._require_episode()
-        folder = self._staging / "images" / IMAGE_KEY / f"episode-{self.num_episodes:06d}"
-        shutil.rmtree(folder, ignore_errors=True)
         self._current = None
 
     # ---- finishing ------------------------------------------------------------------------
     def finalize(self) -> Path:
-        """Write the tables and metadata, then move the dataset into place in one rename."""
+        """Write the metadata, then move the dataset into place (one rename, or a swap when appending)."""
         if self._finalized:
             return self.root
         if self._current is not None:
             raise RuntimeError("end_episode() or discard_episode() before finalize()")
-        if not self._episode_rows:
+        if not self._rows:
             raise ValueError("no episodes recorded")
-        self._write_parquet(DATA_PATH.format(chunk_index=0, file_index=0), self._data_table())
-        self._write_parquet(EPISODES_PATH.format(chunk_index=0, file_index=0), pa.Table.from_pylist(self._episode_rows))
-        tasks = pa.table({"task_index": list(self._tasks.values()), "task": list(self._tasks.keys())})
-        self._write_parquet("meta/tasks.parquet", tasks)
-        (self._staging / "meta" / "info.json").write_text(json.dumps(self._info(), indent=2))
-        (self._staging / "meta" / "stats.json").write_text(json.dumps(self._stats(), indent=2))
-        if self.root.exists():
-            self.root.rmdir()  # empty (checked in __init__); rename needs the name free
-        os.replace(self._staging, self.root)
+        self._close_data_file()
+        self._close_video_file()
+        for old in (self._staging / "meta" / "episodes").glob("*/*.parquet"):
+            old.unlink()  # the appended episodes table replaces them (hard links: the originals stay)
+        files.write_parquet(pa.Table.from_pylist(self._rows),
+                            self._staging / EPISODES_PATH.format(chunk_index=0, file_index=0))
+        tasks = self._staging / files.TASKS_PATH
+        tasks.unlink(missing_ok=True)
+        files.write_parquet(files.tasks_table(self._tasks), tasks)
+        info = self._info()
+        aggregated = {name: stats.to_json(stats.aggregate([s[name] for s in self._episode_stats]))
+                      for name in self.features}
+        for name in (files.INFO_PATH, files.STATS_PATH, files.CARD_PATH):
+            (self._staging / name).unlink(missing_ok=True)  # never write through a hard link
+        files.write_json(info, self._staging / files.INFO_PATH)
+        files.write_json(aggregated, self._staging / files.STATS_PATH)
+        from robot_bridge.dataset_card import write_card  # only finishing needs the card template
+        write_card(self._staging, info, self._tasks)
+        if self._appending:
+            retired = self.root.parent / f".{self.root.name}.replaced-{os.getpid()}"
+            os.replace(self.root, retired)
+            os.replace(self._staging, self.root)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            if self.root.exists():
+                self.root.rmdir()  # empty (checked in __init__); rename needs the name free
+            os.replace(self._staging, self.root)
         self._finalized = True
         return self.root
 
     def abort(self) -> None:
+        self._close_data_file()
+        self._close_video_file()
         shutil.rmtree(self._staging, ignore_errors=True)
 
     def __enter__(self) -> EpisodeWriter:
@@ -223,38 +299,89 @@ class EpisodeWriter:
             self.abort()
 
     # ---- internals ------------------------------------------------------------------------
-    def _require_episode(self) -> _Episode:
+    def _require_open(self) -> None:
         if self._finalized:
             raise RuntimeError("the dataset is finalized")
+
+    def _require_episode(self) -> _Episode:
+        self._require_open()
         if self._current is None:
             raise RuntimeError("start_episode() first")
         return self._current
 
-    def _column_names(self) -> list[str]:
-        return [*_BOOKKEEPING, "observation.state", "action", *self.optional_features]
+    def _data_file_for_next_episode(self) -> tuple[int, int]:
+        """Keep writing the open data file until it passes the size limit, then start the next one."""
+        path = self._staging / DATA_PATH.format(chunk_index=self._file[0], file_index=self._file[1])
+        if self._parquet is not None and files.size_in_mb(path) >= self.data_files_size_in_mb:
+            self._close_data_file()
+            self._file = files.next_file(*self._file)
+        if self._parquet is None:
+            path = self._staging / DATA_PATH.format(chunk_index=self._file[0], file_index=self._file[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._parquet = pq.ParquetWriter(path, self._schema, compression="snappy")
+        return self._file
 
-    def _data_table(self) -> pa.Table:
-        arrays = {}
-        for name, values in self._columns.items():
-            if name not in _BOOKKEEPING:
-                stacked = np.stack(values)
-                flat = pa.array(stacked.reshape(-1), type=pa.float32())
-                arrays[name] = pa.FixedSizeListArray.from_arrays(flat, stacked.shape[1])
-            elif name == "timestamp":
-                arrays[name] = pa.array(values, type=pa.float32())
-            else:
-                arrays[name] = pa.array(values, type=pa.int64())
-        return pa.table(arrays)
+    def _video_file_for_next_episode(self) -> tuple[int, int]:
+        from robot_bridge.lerobot_video import VideoFileWriter
 
-    def _write_parquet(self, relative: str, table: pa.Table) -> None:
-        path = self._staging / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
+        path = self._staging / files.VIDEO_PATH.format(video_key=IMAGE_KEY, chunk_index=self._video_file[0],
+                                                       file_index=self._video_file[1])
+        if self._video is not None and files.size_in_mb(path) >= files.VIDEO_FILES_SIZE_IN_MB:
+            self._close_video_file()
+            self._video_file = files.next_file(*self._video_file)
+        if self._video is None:
+            path = self._staging / files.VIDEO_PATH.format(video_key=IMAGE_KEY, chunk_index=self._video_file[0],
+                                                           file_index=self._video_file[1])
+            self._video = VideoFileWriter(path, self.fps, self.image_shape[0], self.image_shape[1])
+        return self._video_file
+
+    def _close_video_file(self) -> None:
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+
+    def _close_data_file(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+
+    def _adopt_existing(self) -> None:
+        """Hard-link an existing dataset into staging and continue its episodes, tasks and totals."""
+        info = json.loads((self.root / files.INFO_PATH).read_text())
+        if info.get("codebase_version") != CODEBASE_VERSION or "conventions" not in info:
+            raise ValueError(f"{self.root}: only datasets written by EpisodeWriter ({CODEBASE_VERSION}) can be appended to")
+        theirs = {name: (f["dtype"], list(f["shape"]), f.get("names")) for name, f in info["features"].items()}
+        ours = {name: (f["dtype"], list(f["shape"]), f.get("names")) for name, f in self.features.items()}
+        if theirs != ours or float(info["fps"]) != self.fps:
+            raise ValueError(f"{self.root} has other features or fps ({info['fps']}); append needs the same")
+        for source in self.root.rglob("*"):
+            relative = source.relative_to(self.root)
+            if source.is_file() and relative.parts[0] != "cache":
+                (self._staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                os.link(source, self._staging / relative)
+        reader = EpisodeReader(self.root)
+        self._rows = [dict(row) for row in reader.episode_rows]
+        self._episode_stats = [{name: {key: np.asarray(row[f"stats/{name}/{key}"]) for key in stats.STAT_KEYS}
+                                for name in self.features} for row in self._rows]
+        self._tasks = {text: index for index, text in reader.tasks.items()}
+        self._total_frames = reader.total_frames
+        last = max((row["data/chunk_index"], row["data/file_index"]) for row in self._rows)
+        self._file = files.next_file(*last)
+        if self.video:
+            last_video = max((row[f"videos/{IMAGE_KEY}/chunk_index"], row[f"videos/{IMAGE_KEY}/file_index"])
+                             for row in self._rows)
+            self._video_file = files.next_file(*last_video)
+        self.extra_info = {key: value for key, value in info.items() if key not in self._info_keys()} | self.extra_info
 
     def _features(self) -> dict:
         height, width, channels = self.image_shape
+        camera = {"dtype": "image", "shape": [height, width, channels], "names": ["height", "width", "channels"]}
+        if self.video:
+            from robot_bridge.lerobot_video import video_info
+
+            camera.update(dtype="video", info=video_info(height, width, _number(self.fps), "libsvtav1"))
         features = {
-            IMAGE_KEY: {"dtype": "image", "shape": [height, width, channels], "names": ["height", "width", "channels"]},
+            IMAGE_KEY: camera,
             "observation.state": _vector_feature(POSE_NAMES),
             "action": _vector_feature(POSE_NAMES),
         }
@@ -269,71 +396,67 @@ class EpisodeWriter:
         )
         return features
 
+    @staticmethod
+    def _info_keys() -> set[str]:
+        return {"codebase_version", "robot_type", "total_episodes", "total_frames", "total_tasks", "chunks_size",
+                "data_files_size_in_mb", "video_files_size_in_mb", "fps", "splits", "data_path", "video_path",
+                "features", "conventions"}
+
     def _info(self) -> dict:
-        total_frames = len(self._columns["index"])
         return {
             "codebase_version": CODEBASE_VERSION,
             "robot_type": self.robot_type,
             "total_episodes": self.num_episodes,
-            "total_frames": total_frames,
+            "total_frames": self._total_frames,
             "total_tasks": len(self._tasks),
-            "chunks_size": 1000,
-            "fps": self.fps,
+            "chunks_size": files.CHUNKS_SIZE,
+            "data_files_size_in_mb": _number(self.data_files_size_in_mb),
+            "video_files_size_in_mb": files.VIDEO_FILES_SIZE_IN_MB,
+            "fps": _number(self.fps),
             "splits": {"train": f"0:{self.num_episodes}"},
             "data_path": DATA_PATH,
-            "video_path": None,
-            "image_path": IMAGE_PATH,
-            "features": self._features(),
-            "conventions": {
-                "state": "[x, y, z (m, robot base frame), roll, pitch, yaw (rad, extrinsic xyz), gripper 0=open..1=closed]",
-                "action": "achieved pose difference from frame t to t+1: [dxyz, xyz-Euler of R_{t+1} R_t^T, dgripper]",
-                "last_action": "zero: an episode of T frames has T-1 real actions",
-            },
+            "video_path": files.VIDEO_PATH if self.video else None,
+            "features": self.features,
+            "conventions": CONVENTIONS,
             **self.extra_info,
         }
 
-    def _stats(self) -> dict:
-        stats = {}
-        for name in ("observation.state", "action"):
-            values = np.stack(self._columns[name]).astype(np.float64)
-            stats[name] = {
-                "min": values.min(0).tolist(),
-                "max": values.max(0).tolist(),
-                "mean": values.mean(0).tolist(),
-                "std": values.std(0).tolist(),
-                "count": [len(values)],
-            }
-        return stats
-
 
 class EpisodeReader:
-    """Reads a dataset written by `EpisodeWriter` (or any LeRobot-v3 dataset with PNG frames)."""
+    """Reads a LeRobot v3.0 dataset: ours, or any with a camera and an end-effector state.
 
-    def __init__(self, root: str | os.PathLike):
+    `camera_key` picks the camera (default: observation.image, or the only one) and
+    `action_meaning` says what a foreign dataset's action column means (see lerobot_mapping.py);
+    states() and actions() then speak our pose convention whatever the dataset calls its columns.
+    """
+
+    def __init__(self, root: str | os.PathLike, camera_key: str | None = None, action_meaning: str | None = None):
         self.root = Path(root)
-        info_path = self.root / "meta" / "info.json"
+        info_path = self.root / files.INFO_PATH
         if not info_path.is_file():
             raise FileNotFoundError(f"{self.root} is not an episode dataset (no meta/info.json)")
         self.info = json.loads(info_path.read_text())
-        feature = self.info.get("features", {}).get(IMAGE_KEY)
-        if feature is None or feature.get("dtype") != "image":
-            raise ValueError(f"{self.root}: expected an image feature {IMAGE_KEY!r} stored as PNG frames")
+        version = self.info.get("codebase_version")
+        if version != CODEBASE_VERSION:
+            raise ValueError(f"{self.root} is LeRobot format {version}; only {CODEBASE_VERSION} is read "
+                             "(LeRobot converts older datasets with its v30 conversion script)")
+        self.mapping: FeatureMapping = resolve(self.info, camera_key, action_meaning)
+        self.camera_key = self.mapping.camera_key
         self.fps = float(self.info["fps"])
-        self.image_shape = tuple(feature["shape"])
-        episodes = pq.read_table(self.root / "meta" / "episodes").to_pylist()
-        self._episodes = {row["episode_index"]: row for row in episodes}
-        self._tasks = {}
-        if (self.root / "meta" / "tasks.parquet").is_file():
-            tasks = pq.read_table(self.root / "meta" / "tasks.parquet").to_pydict()
-            self._tasks = dict(zip(tasks["task_index"], tasks["task"]))
-        # Every data file is read once, whole: the tables are small next to the frames.
-        files = sorted({(row["data/chunk_index"], row["data/file_index"]) for row in episodes})
-        tables = [pq.read_table(self.root / self.info["data_path"].format(chunk_index=c, file_index=f)) for c, f in files]
+        self.image_shape = tuple(self.info["features"][self.camera_key]["shape"])
+        self.episode_rows = pq.read_table(self.root / "meta" / "episodes").sort_by("episode_index").to_pylist()
+        self._episodes = {row["episode_index"]: row for row in self.episode_rows}
+        self.tasks = files.read_tasks(self.root) if (self.root / files.TASKS_PATH).is_file() else {}
+        # The vector columns are read once, whole: they are small next to the frames.
+        self._files = sorted({(row["data/chunk_index"], row["data/file_index"]) for row in self.episode_rows})
+        vectors = [name for name, feature in self.info["features"].items() if feature["dtype"] not in ("image", "video")]
+        tables = [pq.read_table(self._data_path(chunk, file), columns=vectors) for chunk, file in self._files]
         table = pa.concat_tables(tables).sort_by("index")
         self._index = table.column("index").to_numpy()
-        self._columns = {
-            name: _column_array(table.column(name)) for name in table.column_names if name != "index"
-        }
+        self._columns = {name: _column_array(table.column(name)) for name in table.column_names if name != "index"}
+        self._camera_in_table = self.mapping.camera_dtype == "image" and self.camera_key in pq.read_schema(
+            self._data_path(*self._files[0])).names
+        self._image_file: tuple | None = None  # (file key, its first index, its camera column)
 
     @property
     def episodes(self) -> list[int]:
@@ -355,12 +478,19 @@ class EpisodeReader:
         return tasks[0] if tasks else ""
 
     def states(self, episode: int) -> np.ndarray:
-        """(T, 7) float32 achieved end-effector states."""
-        return self._column("observation.state", episode)
+        """(T, 7) float32 achieved end-effector states [x, y, z, roll, pitch, yaw, gripper]."""
+        return self._column(self.mapping.state_key, episode)[:, list(self.mapping.state_indices)]
 
     def actions(self, episode: int) -> np.ndarray:
-        """(T-1, 7) float32: action[t] takes frame t to frame t+1 (the zero padding row is dropped)."""
-        return self._column("action", episode)[:-1]
+        """(T-1, 7) float32: action[t] takes frame t to frame t+1, per the dataset's action meaning."""
+        mapping = self.mapping
+        states = self.states(episode)
+        if mapping.action_meaning == "from-states":
+            return pose_difference(states[:-1], states[1:]).astype(np.float32)
+        column = self._column(mapping.action_key, episode)[:, list(mapping.action_indices)]
+        if mapping.action_meaning == "absolute-pose":
+            return pose_difference(states[:-1], column[:-1]).astype(np.float32)
+        return column[:-1]
 
     def timestamps(self, episode: int) -> np.ndarray:
         return self._column("timestamp", episode).astype(np.float64)
@@ -369,15 +499,28 @@ class EpisodeReader:
         return self._column(JOINTS, episode) if JOINTS in self._columns else None
 
     def column(self, name: str, episode: int) -> np.ndarray:
-        """Any per-frame column, e.g. `COMMANDED_ACTION` or `ENVIRONMENT_STATE`."""
+        """Any per-frame vector column, e.g. `COMMANDED_ACTION` or `ENVIRONMENT_STATE`."""
         if name not in self._columns:
             raise KeyError(f"no column {name!r}; have {sorted(self._columns)}")
         return self._column(name, episode)
 
     def frames(self, episode: int) -> np.ndarray:
-        """(T, H, W, 3) uint8 RGB frames of one episode."""
+        """(T, H, W, 3) uint8 RGB frames of one episode from the chosen camera."""
         row = self._row(episode)
-        return np.stack([self._read_png(episode, frame) for frame in range(row["length"])])
+        if self.mapping.camera_dtype == "video":
+            from robot_bridge.lerobot_video import read_episode_frames
+
+            path = self.root / self.info["video_path"].format(
+                video_key=self.camera_key, chunk_index=row[f"videos/{self.camera_key}/chunk_index"],
+                file_index=row[f"videos/{self.camera_key}/file_index"])
+            frames = read_episode_frames(path, row[f"videos/{self.camera_key}/from_timestamp"], row["length"], self.fps)
+        elif self._camera_in_table:
+            frames = np.stack([self._decode(item, episode, i) for i, item in enumerate(self._embedded_images(row))])
+        else:
+            frames = np.stack([self._read_png_file(episode, frame) for frame in range(row["length"])])
+        if frames.shape[1:] != self.image_shape:
+            raise ValueError(f"episode {episode} frames are {frames.shape[1:]}, the dataset says {self.image_shape}")
+        return frames
 
     def episode_range(self, episode: int) -> tuple[int, int]:
         """[from, to) of the episode's frames in the global frame order (`all_frames`)."""
@@ -387,10 +530,10 @@ class EpisodeReader:
     def all_frames(self, cache: bool = True) -> np.ndarray:
         """(total_frames, H, W, 3) uint8 in global index order, memory-mapped from a .npy cache.
 
-        The first call decodes every PNG and, if the folder is writable, saves the cache, so
-        training epochs read one contiguous file instead of thousands of small images.
+        The first call decodes every frame and, if the folder is writable, saves the cache, so
+        training epochs read one contiguous file instead of decoding thousands of images.
         """
-        path = self.root / FRAME_CACHE
+        path = self.root / FRAME_CACHE.format(camera_key=self.camera_key)
         expected = (self.total_frames, *self.image_shape)
         if cache and path.is_file():
             frames = np.load(path, mmap_mode="r")
@@ -411,6 +554,9 @@ class EpisodeReader:
         return frames
 
     # ---- internals ------------------------------------------------------------------------
+    def _data_path(self, chunk: int, file: int) -> Path:
+        return self.root / self.info.get("data_path", DATA_PATH).format(chunk_index=chunk, file_index=file)
+
     def _row(self, episode: int) -> dict:
         if episode not in self._episodes:
             raise KeyError(f"no episode {episode}; the dataset has {self.num_episodes}")
@@ -421,15 +567,32 @@ class EpisodeReader:
         offset = self._index[0]
         return self._columns[name][start - offset : end - offset]
 
-    def _read_png(self, episode: int, frame: int) -> np.ndarray:
-        path = self.root / self.info.get("image_path", IMAGE_PATH).format(
-            image_key=IMAGE_KEY, episode_index=episode, frame_index=frame
-        )
+    def _embedded_images(self, row: dict) -> list[dict]:
+        """The episode's image cells; the camera column of one data file is kept, so reading a file's
+        episodes in order (as all_frames does) reads each file once."""
+        key = (row["data/chunk_index"], row["data/file_index"])
+        if self._image_file is None or self._image_file[0] != key:
+            table = pq.read_table(self._data_path(*key), columns=[self.camera_key, "index"])
+            self._image_file = (key, table.column("index")[0].as_py(), table.column(self.camera_key))
+        _, first, images = self._image_file
+        return images.slice(row["dataset_from_index"] - first, row["length"]).to_pylist()
+
+    def _decode(self, item: dict | None, episode: int, frame: int) -> np.ndarray:
+        data = None if item is None else item.get("bytes")
+        if data is None and item is not None and item.get("path"):
+            data = (self.root / item["path"]).read_bytes() if (self.root / item["path"]).is_file() else None
+        image = None if data is None else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise OSError(f"episode {episode} frame {frame} of {self.camera_key}: missing or unreadable image")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def _read_png_file(self, episode: int, frame: int) -> np.ndarray:
+        """Our layout before v3.0-exact: loose PNG files under images/."""
+        path = self.root / self.info.get("image_path", LEGACY_IMAGE_PATH).format(
+            image_key=self.camera_key, episode_index=episode, frame_index=frame)
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise OSError(f"missing or unreadable frame {path}")
-        if image.shape != self.image_shape:
-            raise ValueError(f"{path} is {image.shape}, the dataset says {self.image_shape}")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

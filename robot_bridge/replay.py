@@ -183,7 +183,11 @@ def plot_report(steps: list[ReplayStep], goal_frame: int, path: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, help="episode dataset folder (EPISODES.md format)")
+    parser.add_argument("path", type=Path, help="LeRobot v3.0 dataset folder (ours, EPISODES.md, or any with a camera "
+                                                "and an end-effector state)")
+    parser.add_argument("--camera-key", help="camera to stream (default: observation.image, or the only camera)")
+    parser.add_argument("--action-meaning", choices=("achieved", "commanded-delta", "absolute-pose", "from-states"),
+                        help="what the dataset's action column means (needed for datasets not recorded by us)")
     parser.add_argument("--episode", type=int, default=0, help="episode index in the dataset (default 0)")
     parser.add_argument("--goal-frame", default="last", help="frame used as the goal: last, first or an index")
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="bridge service endpoint (default %(default)s)")
@@ -204,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        reader = EpisodeReader(args.path)
+        reader = EpisodeReader(args.path, camera_key=args.camera_key, action_meaning=args.action_meaning)
         frames, states = reader.frames(args.episode), reader.states(args.episode)
         actions, timestamps = reader.actions(args.episode), reader.timestamps(args.episode)
         goal = goal_index(args.goal_frame, len(frames))

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("robot_bridge.collect", "record exploratory sim-arm episodes for training"),
     "convert-franka-example": ("robot_bridge.franka_example", "convert the reference 2-frame Franka example to an episode"),
     "train": ("world_model.training.command", "train or post-train a world model"),
+    "convert": ("robot_bridge.convert", "LeRobot v3.0 datasets, older recordings or the Franka example to episodes"),
     "energy": ("planner.energy_landscape", "plot the energy landscape over an action grid to PNG"),
     "keys": ("robot_bridge.keys", "generate ZeroMQ CURVE key pairs"),
     "gpu-check": ("server.gpu_check", "on a CUDA machine: parity, bf16, ViT-g plan and fleet benchmarks, one JSON"),
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "hardening": ("server.bench_hardening", "/healthz under slow connections; peak RSS of concurrent large uploads"),
     "batch": ("planner.batch_bench", "plans/s of N sessions planned together vs one after another"),
     "fleet": ("robot_bridge.fleet_bench", "N simulated robots over the bridge: batched vs one session at a time"),
+    "post-train": ("world_model.training.latent_bench", "post-training steps/s and peak memory with/without the latent cache"),
 }
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

@@ -1,13 +1,23 @@
-"""Episode format: LeRobot-v3 layout, lossless frames, achieved-pose action labels, atomic writes."""
+"""Episode format: LeRobot v3.0 layout, lossless embedded frames, achieved-pose action labels, atomic writes."""
 from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from robot_bridge.episodes import COMMANDED_ACTION, JOINT_NAMES, JOINTS, POSE_NAMES, EpisodeReader, EpisodeWriter
+from robot_bridge.episodes import (
+    COMMANDED_ACTION,
+    JOINT_NAMES,
+    JOINTS,
+    LEGACY_IMAGE_PATH,
+    POSE_NAMES,
+    EpisodeReader,
+    EpisodeWriter,
+)
 from robot_bridge.poses import compose_pose, pose_difference
 
 SHAPE = (24, 32, 3)
@@ -142,9 +152,28 @@ def test_reader_reports_missing_and_broken_datasets(tmp_path):
     reader = EpisodeReader(tmp_path / "ds")
     with pytest.raises(KeyError):
         reader.frames(5)
-    (tmp_path / "ds" / "images" / "observation.image" / "episode-000000" / "frame-000001.png").write_bytes(b"not a png")
-    with pytest.raises(OSError, match="unreadable"):
+    # Frame 1's embedded PNG replaced by garbage: the reader names the frame instead of decoding None.
+    path = tmp_path / "ds" / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(path)
+    images = table.column("observation.image").to_pylist()
+    images[1] = {"bytes": b"not a png", "path": images[1]["path"]}
+    position = table.schema.get_field_index("observation.image")
+    pq.write_table(table.set_column(position, table.schema.field(position), pa.array(images, table.schema.field(position).type)), path)
+    with pytest.raises(OSError, match="frame 1 of observation.image: missing or unreadable"):
         reader.frames(0)
+
+
+def test_reads_the_earlier_layout_with_loose_png_files(tmp_path):
+    """Datasets recorded before the exact v3.0 layout kept frames as images/.../frame-XXXXXX.png."""
+    recorded = write_dataset(tmp_path / "ds", [3])
+    root = tmp_path / "ds"
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["observation.image"]), path)
+    for frame, image in enumerate(recorded[0][0]):
+        png = root / LEGACY_IMAGE_PATH.format(image_key="observation.image", episode_index=0, frame_index=frame)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(png), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    np.testing.assert_array_equal(EpisodeReader(root).frames(0), recorded[0][0])
 
 
 def test_sim_episode_actions_are_the_achieved_motion(tmp_path):

@@ -117,3 +117,24 @@ def test_replay_through_the_real_service_creates_its_own_session(recorded_episod
     assert report["session"]["session_id"] and report["session"]["goal_id"]
     assert report["summary"]["action"] == len(report["steps"]) == 10
     assert all(np.isfinite(s["energy"]) and s["planning_ms"] > 0 for s in report["steps"])
+
+
+def test_replay_streams_a_dataset_lerobot_wrote(tmp_path, capsys):
+    """The LeRobot-written fixture, its action declared as a commanded delta, through a real bridge."""
+    import shutil
+    from pathlib import Path
+
+    dataset = tmp_path / "example_v30"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "lerobot_example_v30", dataset)
+    report_path = tmp_path / "report.json"
+    reader = EpisodeReader(dataset, action_meaning="commanded-delta")
+    with BridgeService("tcp://127.0.0.1:*", GoalImagePlanner(reader.frames(1)[-1])) as service:
+        args = parse(replay, [str(dataset), "--episode", "1", "--endpoint", service.endpoint, "--report",
+                              str(report_path), "--action-meaning", "commanded-delta"])
+        assert replay.run(args) == 0
+    steps = json.loads(report_path.read_text())["steps"]
+    assert len(steps) == 6 and steps[-1]["energy"] == 0.0
+    np.testing.assert_allclose([s["recorded_action"] for s in steps[:-1]], 0.02, atol=1e-6)
+    args = parse(replay, [str(dataset), "--endpoint", "tcp://127.0.0.1:1", "--report", str(report_path)])
+    assert replay.run(args) == 2
+    assert "--action-meaning" in capsys.readouterr().out

@@ -3,6 +3,11 @@
     jepa-planner train --data /work/data/sim64 --out runs/demo --steps 3000          # from pixels, EMA targets
     jepa-planner train --mode post-train --model vjepa2-ac-vitg.pt --data DIR --out runs/droid
     jepa-planner train ... --resume                                                   # continue from runs/demo/checkpoint.pt
+    jepa-planner train --mode post-train --data LEROBOT_DIR --camera-key observation.images.wrist \
+        --action-meaning from-states --out runs/lab                                  # any LeRobot v3.0 dataset
+
+Post-training encodes every training frame once into a latent cache (latent_cache.py) and trains
+the predictor from it; `--latent-cache off` runs the frozen encoder on every step instead.
 """
 from __future__ import annotations
 
@@ -23,15 +28,28 @@ from world_model.config import PRESETS
 from world_model.model import WorldModel, load_world_model, resolve_device
 from world_model.training.conditioning import standardize_conditioning
 from world_model.training.data import ClipDataset, load_episodes
+from world_model.training.latent_cache import build_or_load, default_cache_dir
 from world_model.training.trainer import MODES, TrainConfig, Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NOT_RECORDED = {"resume", "no_progress", "func"}  # options that do not change the trained model
+NOT_RECORDED = {"resume", "no_progress", "func", "latent_cache"}  # latent_cache: same losses either way
+MIN_EPISODES = 2  # options that do not change the trained model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    parser.add_argument("--data", required=True, help="episode dataset folder (from `jepa-planner collect`)")
+    parser.add_argument("--data", required=True,
+                        help="LeRobot v3.0 dataset folder (from `jepa-planner collect`, or any with a camera and "
+                             "an end-effector state)")
+    parser.add_argument("--camera-key", default=None,
+                        help="camera feature to train on (default: observation.image, or the only camera)")
+    parser.add_argument("--action-meaning", default=None,
+                        choices=("achieved", "commanded-delta", "absolute-pose", "from-states"),
+                        help="what the dataset's action column means (required for datasets not recorded by "
+                             "jepa-planner; see robot_bridge/EPISODES.md)")
+    parser.add_argument("--latent-cache", default="auto",
+                        help="post-train: folder of the frozen-encoder latent cache; auto = "
+                             "$XDG_CACHE_HOME/jepa-planner/latents; off = encode on every step")
     parser.add_argument("--out", required=True, help="run folder: checkpoint.pt, model.safetensors, loss.png, ...")
     parser.add_argument("--mode", choices=MODES, default=defaults.mode,
                         help="from-pixels: encoder + predictor with an EMA target encoder; "
@@ -89,11 +107,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"jepa-planner train: {out_dir} already holds a run; pass --resume or choose another --out", file=sys.stderr)
         return 2
     device = resolve_device(args.device)
-    episodes = load_episodes(args.data, args.episodes)
-    dataset = ClipDataset(episodes, config.clip_frames)
-    train_set, validation_set = dataset.split(args.validation_fraction, config.seed)
+    try:  # everything about the data is checked before a run folder exists
+        episodes = load_episodes(args.data, args.episodes, args.camera_key, args.action_meaning)
+        dataset = ClipDataset(episodes, config.clip_frames)
+        if dataset.episode_count < MIN_EPISODES:
+            raise ValueError(f"{dataset.episode_count} episode(s) of at least {config.clip_frames} frames; training "
+                             f"needs {MIN_EPISODES} (one is held out for validation)")
+        train_set, validation_set = dataset.split(args.validation_fraction, config.seed)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"jepa-planner train: {args.data}: {exc}", file=sys.stderr)
+        return 2
     torch.manual_seed(config.seed)
     model, fresh_predictor = build_model(config.mode, args.model, config.seed)
+    cache_record = None
+    if config.mode == "post-train" and args.latent_cache != "off":
+        cache_dir = default_cache_dir() if args.latent_cache == "auto" else Path(args.latent_cache)
+        latents, cache_record = build_or_load(cache_dir, model.encoder, train_set.frames, device,
+                                              torch.bfloat16 if config.bf16 else None)
+        train_set.attach_latents(latents)
     if fresh_predictor and args.conditioning_init == "standardized":
         standardize_conditioning(model.predictor, train_set.real_actions(), train_set.states)
     provenance = {
@@ -104,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         "data": {"path": str(Path(args.data).resolve()), "episodes": dataset.episode_count,
                  "frames": len(dataset.frames), "fingerprint": fingerprint(dataset),
                  "validation_episodes": validation_set.episode_count, "collection": collection_record(args.data)},
+        "latent_cache": cache_record,
         "git_commit": git_commit(),
         "torch": torch.__version__,
         "host": f"{platform.node()} {platform.machine()} {torch.get_num_threads()} threads, {device}",

@@ -13,21 +13,30 @@ import torch
 
 @dataclass
 class Clips:
-    frames: torch.Tensor    # (B, T, H, W, 3) uint8
-    states: torch.Tensor    # (B, T, 7) float32, state of each frame
-    actions: torch.Tensor   # (B, T-1, 7) float32, action t takes frame t to frame t+1
+    frames: torch.Tensor | None    # (B, T, H, W, 3) uint8; None when the clips come with cached latents
+    states: torch.Tensor           # (B, T, 7) float32, state of each frame
+    actions: torch.Tensor          # (B, T-1, 7) float32, action t takes frame t to frame t+1
+    latents: torch.Tensor | None = None  # (B, T, N, D) float32 frozen-encoder latents (latent_cache.py)
 
     def held_still(self, mask: torch.Tensor) -> "Clips":
         """The clips selected by `mask` (B,) replaced by the arm holding still at their first frame."""
-        frames, states, actions = self.frames.clone(), self.states.clone(), self.actions.clone()
-        frames[mask] = frames[mask, :1]
+        frames, latents = self.frames, self.latents
+        if frames is not None:
+            frames = frames.clone()
+            frames[mask] = frames[mask, :1]
+        if latents is not None:
+            latents = latents.clone()
+            latents[mask] = latents[mask, :1]
+        states, actions = self.states.clone(), self.actions.clone()
         states[mask] = states[mask, :1]
         actions[mask] = 0.0
-        return Clips(frames, states, actions)
+        return Clips(frames, states, actions, latents)
 
     def to(self, device: torch.device) -> "Clips":
-        return Clips(self.frames.to(device, non_blocking=True), self.states.to(device, non_blocking=True),
-                     self.actions.to(device, non_blocking=True))
+        def move(tensor):
+            return None if tensor is None else tensor.to(device, non_blocking=True)
+
+        return Clips(move(self.frames), move(self.states), move(self.actions), move(self.latents))
 
 
 class ClipDataset:
@@ -63,6 +72,13 @@ class ClipDataset:
         self.clip_frames = clip_frames
         self.episode_count = len(usable)
         self._episodes = usable
+        self.latents: torch.Tensor | None = None  # (frames, N, D), see attach_latents
+
+    def attach_latents(self, latents: torch.Tensor) -> None:
+        """Serve clips from these per-frame latents (same order as `frames`) instead of the frames."""
+        if len(latents) != len(self.frames):
+            raise ValueError(f"{len(latents)} latents for {len(self.frames)} frames")
+        self.latents = latents
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -92,15 +108,19 @@ class ClipDataset:
 
     def clips(self, starts: torch.Tensor) -> Clips:
         index = starts[:, None] + torch.arange(self.clip_frames)
+        if self.latents is not None:  # the frames are not even gathered: no pixel leaves memory
+            return Clips(None, self.states[index], self.actions[index[:, :-1]], self.latents[index])
         return Clips(self.frames[index], self.states[index], self.actions[index[:, :-1]])
 
 
-def load_episodes(root, max_episodes: int | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(frames, states, actions) per episode of a dataset recorded by `jepa-planner collect`."""
+def load_episodes(root, max_episodes: int | None = None, camera_key: str | None = None,
+                  action_meaning: str | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(frames, states, actions) per episode of a LeRobot v3.0 dataset (`jepa-planner collect`'s, or
+    any with a camera and an end-effector state: `camera_key` and `action_meaning` as EpisodeReader)."""
     # Imported here: robot_bridge pulls in cv2/pyarrow, which only data loading needs.
     from robot_bridge.episodes import EpisodeReader
 
-    reader = EpisodeReader(root)
+    reader = EpisodeReader(root, camera_key=camera_key, action_meaning=action_meaning)
     frames = reader.all_frames()
     first = reader.episode_range(reader.episodes[0])[0] if reader.episodes else 0
     episodes = []

@@ -21,10 +21,10 @@ import torch
 from tqdm import tqdm
 
 from world_model.training import diagnostics
-from world_model.training.data import ClipDataset
+from world_model.training.data import ClipDataset, Clips
 from world_model.training.ema import ema_update, make_target
 from world_model.training.encoding import encode_frames
-from world_model.training.losses import predictor_losses
+from world_model.training.losses import PredictorLosses, predictor_losses
 from world_model.training.plots import plot_losses
 from world_model.training.schedule import adamw_parameter_groups, warmup_stable_decay
 
@@ -88,7 +88,10 @@ class Trainer:
         self.train_set, self.validation_set = train_set, validation_set
         self.export = export
         self.provenance = provenance
-        self.encoder = encoder.to(device)
+        # Training from cached latents never runs the frozen encoder: it stays in host memory and
+        # visits the device only to validate, so the device holds the predictor and its optimiser.
+        self.encoder_parked = config.mode == "post-train" and train_set.latents is not None
+        self.encoder = encoder.to("cpu") if self.encoder_parked else encoder.to(device)
         self.predictor = predictor.to(device).train()
         if config.mode == "from-pixels":
             self.encoder.train().requires_grad_(True)
@@ -124,17 +127,7 @@ class Trainer:
         clips = self.train_set.sample(config.batch_size, self.generator)
         if config.static_fraction > 0:
             clips = clips.held_still(torch.rand(config.batch_size, generator=self.generator) < config.static_fraction)
-        clips = clips.to(self.device)
-        with self._autocast():
-            if self.target_encoder is not None:
-                context = encode_frames(self.encoder, clips.frames)
-                with torch.no_grad():
-                    targets = encode_frames(self.target_encoder, clips.frames)
-            else:
-                with torch.no_grad():
-                    context = targets = encode_frames(self.encoder, clips.frames)
-            losses = predictor_losses(self.predictor, context, targets, clips.actions, clips.states,
-                                      config.rollout_steps)
+        losses = self.batch_losses(clips.to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         if config.grad_clip > 0:
@@ -144,6 +137,24 @@ class Trainer:
             ema_update(self.target_encoder, self.encoder, config.ema_decay)
         self.step += 1
         return losses.teacher_forcing.detach(), losses.rollout.detach()
+
+    def batch_losses(self, clips: Clips) -> PredictorLosses:
+        """The training losses of one batch (on the device). Clips with cached latents (post-train
+        only: the encoder is frozen) skip the encoder; otherwise their frames are encoded here."""
+        with self._autocast():
+            if clips.latents is not None:
+                if self.target_encoder is not None:
+                    raise ValueError("cached latents need a frozen encoder (post-train); from-pixels trains it")
+                context = targets = clips.latents
+            elif self.target_encoder is not None:
+                context = encode_frames(self.encoder, clips.frames)
+                with torch.no_grad():
+                    targets = encode_frames(self.target_encoder, clips.frames)
+            else:
+                with torch.no_grad():
+                    context = targets = encode_frames(self.encoder, clips.frames)
+            return predictor_losses(self.predictor, context, targets, clips.actions, clips.states,
+                                    self.config.rollout_steps)
 
     def fit(self, show_progress: bool = True) -> dict:
         config = self.config
@@ -190,10 +201,16 @@ class Trainer:
     def validate(self, clip_count: int) -> dict:
         self.encoder.eval()
         self.predictor.eval()
-        with self._autocast():
-            result = diagnostics.measure(self.exported_encoder, self.predictor, self.validation_set, self.device,
-                                         clip_count=clip_count, landscape_transitions=min(32, clip_count),
-                                         seed=self.config.seed)
+        if self.encoder_parked:
+            self.encoder.to(self.device)
+        try:
+            with self._autocast():
+                result = diagnostics.measure(self.exported_encoder, self.predictor, self.validation_set, self.device,
+                                             clip_count=clip_count, landscape_transitions=min(32, clip_count),
+                                             seed=self.config.seed)
+        finally:
+            if self.encoder_parked:
+                self.encoder.to("cpu")
         self.predictor.train()
         if self.target_encoder is not None:
             self.encoder.train()
