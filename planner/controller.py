@@ -45,6 +45,28 @@ class SubGoal:
 
 
 @dataclass(frozen=True)
+class ArmLimits:
+    """Limits the arm announced (its hello's `limits`): a step also plans within them, so the arm's own
+    clamp leaves the target unchanged and the executed move is the planned one.
+
+    ``workspace_min``/``workspace_max``: the arm's box, intersected with the planner's own.
+    ``max_step_m``: the arm's largest translation per step (Euclidean, on top of the per-axis maxnorm).
+    """
+
+    workspace_min: tuple[float, float, float]
+    workspace_max: tuple[float, float, float]
+    max_step_m: float
+
+    def __post_init__(self):
+        if not (math.isfinite(self.max_step_m) and self.max_step_m > 0):
+            raise ValueError(f"max_step_m must be a finite number > 0, got {self.max_step_m}")
+        if len(self.workspace_min) != 3 or len(self.workspace_max) != 3:
+            raise ValueError("arm workspace corners must have three coordinates each")
+        if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
+            raise ValueError(f"arm workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
+
+
+@dataclass(frozen=True)
 class ControlStep:
     """What one planning call produced; tensors are on the CPU."""
 
@@ -95,17 +117,20 @@ class RecedingHorizonController:
         self.steps_on_goal = 0
         self.warm_start: Optional[SearchState] = None
 
-    def step(self, latent: torch.Tensor, state: torch.Tensor) -> ControlStep:
-        """Plan from the current frame latent (N, D) and pose (7,); return the action to execute now."""
+    def step(self, latent: torch.Tensor, state: torch.Tensor, arm_limits: ArmLimits | None = None) -> ControlStep:
+        """Plan from the current frame latent (N, D) and pose (7,); return the action to execute now.
+
+        ``arm_limits``: the arm's announced limits, applied on top of the config's (see ArmLimits)."""
         latent = as_frame_latent(latent, "current latent").to(self.device)
         state = as_state(state)
         if latent.shape != self.goals[self.goal_index].latent.shape:
             raise ValueError(
                 f"current latent {tuple(latent.shape)} and goal latent {tuple(self.goals[self.goal_index].latent.shape)} differ in shape"
             )
+        box_min, box_max = self._box(arm_limits)
         goal_energy = self._advance_schedule(latent)
         if self._arrived(goal_energy):
-            return self._hold_step(state, goal_energy)
+            return self._hold_step(state, goal_energy, box_min, box_max, arm_limits)
         objective = GoalObjective(
             self.model,
             latent,
@@ -122,7 +147,7 @@ class RecedingHorizonController:
         self.warm_start = plan.state.shifted(self._initial_std)
         self.steps_on_goal += 1
         actions = plan.actions.float().cpu()  # one device-to-host copy of the whole plan
-        action, target = self._within_limits(state, actions[0])
+        action, target = self._within_limits(state, actions[0], box_min, box_max, arm_limits)
         return ControlStep(
             action=action,
             target_pose=target,
@@ -138,11 +163,12 @@ class RecedingHorizonController:
         threshold = self.config.arrival_energy
         return threshold is not None and self.goal_index == len(self.goals) - 1 and goal_energy < threshold
 
-    def _hold_step(self, state: torch.Tensor, goal_energy: float) -> ControlStep:
+    def _hold_step(self, state: torch.Tensor, goal_energy: float, box_min: torch.Tensor, box_max: torch.Tensor,
+                   arm_limits: ArmLimits | None) -> ControlStep:
         """Stay where we are; the next step plans afresh if the arm drifts off the goal."""
         self.warm_start = None
         self.steps_on_goal += 1
-        action, target = self._within_limits(state, torch.zeros(7))
+        action, target = self._within_limits(state, torch.zeros(7), box_min, box_max, arm_limits)
         return ControlStep(
             action=action,
             target_pose=target,
@@ -168,13 +194,31 @@ class RecedingHorizonController:
             self.steps_on_goal = 0
             self.warm_start = None  # the old plan aimed at the old goal
 
-    def _within_limits(self, state: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clamp the target inside the workspace and the step to +-maxnorm; keep action and target consistent.
+    def _box(self, arm_limits: ArmLimits | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The workspace box of this step: the config's, intersected with the arm's when it announced one."""
+        if arm_limits is None:
+            return self._workspace_min, self._workspace_max
+        low = torch.maximum(self._workspace_min, torch.tensor(arm_limits.workspace_min))
+        high = torch.minimum(self._workspace_max, torch.tensor(arm_limits.workspace_max))
+        if bool((low >= high).any()):
+            raise ValueError(f"the planner's workspace {self.config.workspace_min}..{self.config.workspace_max} and the "
+                             f"arm's {arm_limits.workspace_min}..{arm_limits.workspace_max} do not overlap")
+        return low, high
 
-        From inside the box the target stays inside; from outside, the step heads back toward the box.
+    def _within_limits(self, state: torch.Tensor, action: torch.Tensor, box_min: torch.Tensor, box_max: torch.Tensor,
+                       arm_limits: ArmLimits | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clamp the target inside the box and the step to +-maxnorm (and to the arm's step length);
+        keep action and target consistent.
+
+        From inside the box the target stays inside (every clamp moves it toward the state); from
+        outside, the step heads back toward the box.
         """
         maxnorm = self.config.maxnorm
-        wanted = (state[:3] + action[:3]).clamp(self._workspace_min, self._workspace_max)
+        wanted = (state[:3] + action[:3]).clamp(box_min, box_max)
         step = (wanted - state[:3]).clamp(-maxnorm, maxnorm)
+        if arm_limits is not None:  # the arm limits the Euclidean length, as SafetyLimits.clamp does
+            length = float(step.norm())
+            if length > arm_limits.max_step_m:
+                step = step * (arm_limits.max_step_m / length)
         action = torch.cat((step, action[3:]))
         return action, compose_pose(state, action)

@@ -25,7 +25,7 @@ from typing import Iterable
 import numpy as np
 import zmq
 
-from .arm import Arm, Observation, SafetyLimits, UnsafeTarget
+from .arm import Arm, NoFreshObservation, Observation, SafetyLimits, UnsafeTarget
 from .protocol import (
     SERVICE_TO_ARM,
     ActionMessage,
@@ -206,7 +206,8 @@ class ArmClient:
             raise ValueError("rate_hz and action_timeout must be positive")
         height, width = arm.camera_size
         self.hello = HelloMessage(robot_id=robot_id, camera_height=height, camera_width=width,
-                                  control_hz=self.rate_hz, image_format=image_format, software="jepa-planner arm client")
+                                  control_hz=self.rate_hz, image_format=image_format, software="jepa-planner arm client",
+                                  limits=limits.to_hello())
         self.image_format, self.jpeg_quality = image_format, jpeg_quality
         self.reconnect_after_s = reconnect_after_s   # silence (not even heartbeat echoes) before re-making the link
         self.subscribers = list(subscribers)
@@ -250,7 +251,17 @@ class ArmClient:
                     reason = "duration"
                     break
                 tick_end += period
-                observation = self.arm.observe()
+                try:
+                    observation = self.arm.observe()
+                except NoFreshObservation as error:   # never send a stale frame: hold, keep listening
+                    self.arm.hold()
+                    self._state.counts["no_fresh_observation"] += 1
+                    log.warning("holding: %s", error)
+                    self._read_until(tick_end)
+                    if self._state.stop is not None:
+                        reason = "stop"
+                        break
+                    continue
                 seq = self._send_observation(observation)
                 self._read_until(tick_end)
                 if self._state.stop is not None:

@@ -209,6 +209,12 @@ class BridgeService:
         with self._work:
             return sorted(rid.decode() for rid in self._robots)
 
+    def hello_of(self, robot_id: str) -> HelloMessage | None:
+        """The hello the robot is connected under (None if unknown), e.g. for the limits it announced."""
+        with self._work:
+            robot = self._robots.get(robot_id.encode())
+            return None if robot is None else robot.hello
+
     def stats(self) -> dict[str, int]:
         """Monotonic counters (plus robots_active, a gauge) for metrics."""
         with self._counts_lock:
