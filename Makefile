@@ -12,7 +12,7 @@ MUJOCO_GL ?= egl
 export MUJOCO_GL
 DEBIAN_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6
 
-.PHONY: setup system-deps test demo bench clean
+.PHONY: setup system-deps test demo bench clean arm-venv franka-sim franka-venvs
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,7 @@ system-deps:
 	fi
 
 test: setup
+	-@$(MAKE) --no-print-directory franka-venvs || echo "franka venvs not installed: the franka-sim tests will skip"
 	$(BIN)/pytest -q
 
 demo: setup
@@ -47,4 +48,31 @@ bench: setup
 	$(BIN)/jepa-planner bench server
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(ARM_VENV) $(FRANKA_SIM_VENV) build *.egg-info .pytest_cache
+
+# A real Franka's side (issue 11). `arm-venv`: robot_bridge without torch plus franky-control and
+# pylibfranka (the `arm` extra's list, then the package itself with --no-deps). `franka-sim`: the
+# Franka network-protocol simulator in its own venv (it pins mujoco 3.2.7 and numpy 1.26).
+ARM_VENV ?= .venv-arm
+FRANKA_SIM_VENV ?= .venv-franka-sim
+FRANKA_SIM_SPEC ?= franka-sim==1.1.7
+
+franka-venvs: arm-venv franka-sim
+
+arm-venv: $(ARM_VENV)/.installed
+
+$(ARM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(ARM_VENV)
+	$(ARM_VENV)/bin/pip install -q --upgrade pip
+	$(PYTHON) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['arm']))" > $(ARM_VENV)/requirements.txt
+	$(ARM_VENV)/bin/pip install -q -r $(ARM_VENV)/requirements.txt
+	$(ARM_VENV)/bin/pip install -q --no-deps -e .
+	@touch $@
+
+franka-sim: $(FRANKA_SIM_VENV)/.installed
+
+$(FRANKA_SIM_VENV)/.installed:
+	$(PYTHON) -m venv $(FRANKA_SIM_VENV)
+	$(FRANKA_SIM_VENV)/bin/pip install -q --upgrade pip
+	$(FRANKA_SIM_VENV)/bin/pip install -q "$(FRANKA_SIM_SPEC)"
+	@touch $@
