@@ -83,7 +83,7 @@ def franka_sim(tmp_path_factory):
     try:
         _wait(lambda: process.poll() is not None or _port_busy(1337), 60, "franka-sim listening")
         assert process.poll() is None, f"franka-sim exited: {log.read_text()[-2000:]}"
-        yield process
+        yield log
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=20)
@@ -176,6 +176,10 @@ def moves(out: Path) -> list[dict]:
     return [s for s in steps(out) if s["command"] == "move"]
 
 
+def actions_moved(out: Path) -> set[int]:
+    return {r["action_seq"] for r in moves(out)}
+
+
 def check_moves_toward_targets_within_limits(records: list[dict]) -> dict:
     """Every target inside the box and at most one step from its state; one period after the last move
     toward a target the arm is nearer to it than when it started, by 2 mm on average. (A period observes
@@ -214,7 +218,8 @@ def finish(process: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 @pytest.mark.parametrize("robot", ["franky", "libfranka"])
-def test_the_arm_follows_the_service_holds_when_it_is_killed_and_obeys_stop(robot, service, camera_folder, tmp_path):
+def test_the_arm_follows_the_service_holds_when_it_is_killed_and_obeys_stop(robot, franka_sim, service, camera_folder,
+                                                                           tmp_path):
     """One arm run: moves toward the planned targets within the limits; the service is killed (the arm
     holds and stays still); the service comes back on the same ports (the arm reconnects and moves
     again); the session is stopped (the arm ends its run)."""
@@ -222,7 +227,7 @@ def test_the_arm_follows_the_service_holds_when_it_is_killed_and_obeys_stop(robo
     session = service.session(robot_id)
     arm = start_arm(robot, service, camera_folder, robot_id, tmp_path)
     try:
-        _wait(lambda: len(moves(tmp_path)) >= 5 or arm.poll() is not None, 150, "five moves")
+        _wait(lambda: len(actions_moved(tmp_path)) >= 4 or arm.poll() is not None, 150, "moves for four actions")
         assert arm.poll() is None, (tmp_path / "arm.log").read_text()[-3000:]
         killed_at = service.kill()
         _wait(lambda: any(r["t"] > killed_at + 3.0 for r in steps(tmp_path)), 30, "steps after the kill")
@@ -259,5 +264,14 @@ def test_the_arm_follows_the_service_holds_when_it_is_killed_and_obeys_stop(robo
     trace = [(round(r["t"] - killed_at, 2), r["command"], np.round(r["state"][:3], 4).tolist()) for r in held[-12:]]
     assert len(settled) >= 2 and drift < 0.001, f"the arm kept moving after it held: {drift * 1000:.1f} mm; {trace}"
     print(f"\n{robot}: {report}; hold {hold_latency * 1000:.0f} ms after the kill, drift while held "
-          f"{drift * 1000:.2f} mm; summary tracking_error_mm={summary['tracking_error_mm']} call_ms={summary['call_ms']} "
-          f"stats={summary['stats']}")
+          f"{drift * 1000:.2f} mm; franka-sim at {realtime_factor(franka_sim)} real time; "
+          f"summary tracking_error_mm={summary['tracking_error_mm']} action_latency_ms={summary['action_latency_ms']} "
+          f"call_ms={summary['call_ms']} stats={summary['stats']}")
+
+
+def realtime_factor(sim_log: Path) -> str:
+    """The median of franka-sim's own "running at N x real time" reports (it logs them when it falls behind)."""
+    import re
+
+    factors = [float(m) for m in re.findall(r"running at ([0-9.]+)x real time", sim_log.read_text())]
+    return f"{np.median(factors):.2f}x" if factors else "about 1x"
