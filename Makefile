@@ -14,7 +14,7 @@ DEBIAN_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6
 # The console's browser tests drive Debian's Chromium (Playwright's own browser download is unreachable).
 BROWSER_PACKAGE := chromium
 
-.PHONY: setup system-deps browser-deps test demo bench clean robosuite gpu-check lerobot-venv lerobot-check
+.PHONY: setup system-deps browser-deps test demo bench clean robosuite gpu-check lerobot-venv lerobot-check arm-venv franka-sim franka-venvs
 
 setup: $(VENV)/.installed
 
@@ -65,6 +65,7 @@ $(ROBOSUITE_VENV)/.installed: pyproject.toml
 test: setup
 	@$(MAKE) --no-print-directory robosuite || echo "robosuite environment not made: its tests will skip"
 	@$(MAKE) --no-print-directory lerobot-venv || echo "LeRobot environment not made: its tests will skip"
+	@$(MAKE) --no-print-directory franka-venvs || echo "franka venvs not installed: the franka-sim tests will skip"
 	LEROBOT_VENV=$(LEROBOT_VENV) $(BIN)/pytest -q
 
 demo: setup
@@ -80,7 +81,7 @@ gpu-check: setup
 	$(BIN)/jepa-planner gpu-check
 
 clean:
-	rm -rf $(VENV) $(ROBOSUITE_VENV) $(LEROBOT_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(ROBOSUITE_VENV) $(LEROBOT_VENV) $(ARM_VENV) $(FRANKA_SIM_VENV) build *.egg-info .pytest_cache
 
 # LeRobot 0.4.4 itself, in its own venv, reading our datasets (tests/lerobot_check.py; issue 12).
 # lerobot's pins (torch<2.11) are skipped with --no-deps: only its dataset module is used.
@@ -98,3 +99,30 @@ $(LEROBOT_VENV)/.installed:
 
 lerobot-check: setup lerobot-venv
 	LEROBOT_VENV=$(LEROBOT_VENV) $(BIN)/pytest -q tests/test_lerobot_real.py
+
+# A real Franka's side (issue 11). `arm-venv`: robot_bridge without torch plus franky-control and
+# pylibfranka (the `arm` extra's list, then the package itself with --no-deps). `franka-sim`: the
+# Franka network-protocol simulator in its own venv (it pins mujoco 3.2.7 and numpy 1.26).
+ARM_VENV ?= .venv-arm
+FRANKA_SIM_VENV ?= .venv-franka-sim
+FRANKA_SIM_SPEC ?= franka-sim==1.1.7
+
+franka-venvs: arm-venv franka-sim
+
+arm-venv: $(ARM_VENV)/.installed
+
+$(ARM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(ARM_VENV)
+	$(ARM_VENV)/bin/pip install -q --upgrade pip
+	$(PYTHON) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['arm']))" > $(ARM_VENV)/requirements.txt
+	$(ARM_VENV)/bin/pip install -q -r $(ARM_VENV)/requirements.txt
+	$(ARM_VENV)/bin/pip install -q --no-deps -e .
+	@touch $@
+
+franka-sim: $(FRANKA_SIM_VENV)/.installed
+
+$(FRANKA_SIM_VENV)/.installed:
+	$(PYTHON) -m venv $(FRANKA_SIM_VENV)
+	$(FRANKA_SIM_VENV)/bin/pip install -q --upgrade pip
+	$(FRANKA_SIM_VENV)/bin/pip install -q "$(FRANKA_SIM_SPEC)"
+	@touch $@

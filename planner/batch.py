@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from planner.controller import ControlStep, RecedingHorizonController, within_limits
+from planner.controller import ArmLimits, ControlStep, RecedingHorizonController, within_limits
 from planner.objective import GoalObjective, auto_max_batch, evaluate_together
 from planner.search import Plan, SamplingOptimizer, SearchState, ShouldStop, check_stop, plans_on_host, to_actions
 
@@ -32,10 +32,12 @@ def step_together(
     observation_latents: Sequence[torch.Tensor],
     states: Sequence[torch.Tensor],
     should_stop: ShouldStop = None,
+    arm_limits: Sequence[ArmLimits | None] | None = None,
 ) -> list[ControlStep]:
     """One control step of every controller (latent (N, D) and pose (7,) each), planned together.
 
-    Returns what each ``controller.step(latent, state)`` would, in order. ``should_stop()`` is
+    Returns what each ``controller.step(latent, state, arm_limits=...)`` would, in order
+    (``arm_limits``: one entry per controller, or None for none at all). ``should_stop()`` is
     asked before every iteration round; a True answer raises PlanCancelled and no controller
     changes (schedule, warm start and noise position all stay). Bad input raises ValueError before
     anything is planned, also with nothing changed.
@@ -49,7 +51,11 @@ def step_together(
         return []
     if len({id(controller) for controller in controllers}) != len(controllers):
         raise ValueError("a controller appears twice in one step_together call; one step per session per round")
-    prepared = [controller.prepare(latent, state) for controller, latent, state in zip(controllers, observation_latents, states)]
+    arm_limits = [None] * len(controllers) if arm_limits is None else list(arm_limits)
+    if len(arm_limits) != len(controllers):
+        raise ValueError(f"need one arm_limits entry per controller, got {len(arm_limits)} for {len(controllers)}")
+    prepared = [controller.prepare(latent, state, limits)
+                for controller, latent, state, limits in zip(controllers, observation_latents, states, arm_limits)]
     planning = [index for index, step in enumerate(prepared) if not step.hold]
     started = time.perf_counter()
     with contextlib.ExitStack() as cancellable:
@@ -63,7 +69,8 @@ def step_together(
     by_index = dict(zip(planning, plans))
     # Every session's action and target within its limits, in one batched pose composition.
     wanted = torch.stack([by_index[i].actions[0] if i in by_index else torch.zeros(7) for i in range(len(prepared))])
-    limits = [torch.stack(part) for part in zip(*(controller.limits() for controller in controllers))]
+    limits = [torch.stack(part) for part in zip(*(controller.limits(step.arm_limits)
+                                                  for controller, step in zip(controllers, prepared)))]
     actions, targets = within_limits(torch.stack([step.state for step in prepared]), wanted, *limits)
     return [
         controller.finish(step, by_index.get(index), seconds if index in by_index else 0.0, (actions[index], targets[index]))

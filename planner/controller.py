@@ -46,6 +46,28 @@ class SubGoal:
 
 
 @dataclass(frozen=True)
+class ArmLimits:
+    """Limits the arm announced (its hello's `limits`): a step also plans within them, so the arm's own
+    clamp leaves the target unchanged and the executed move is the planned one.
+
+    ``workspace_min``/``workspace_max``: the arm's box, intersected with the planner's own.
+    ``max_step_m``: the arm's largest translation per step (Euclidean, on top of the per-axis maxnorm).
+    """
+
+    workspace_min: tuple[float, float, float]
+    workspace_max: tuple[float, float, float]
+    max_step_m: float
+
+    def __post_init__(self):
+        if not (math.isfinite(self.max_step_m) and self.max_step_m > 0):
+            raise ValueError(f"max_step_m must be a finite number > 0, got {self.max_step_m}")
+        if len(self.workspace_min) != 3 or len(self.workspace_max) != 3:
+            raise ValueError("arm workspace corners must have three coordinates each")
+        if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
+            raise ValueError(f"arm workspace_min {self.workspace_min} must be below workspace_max {self.workspace_max}")
+
+
+@dataclass(frozen=True)
 class PreparedStep:
     """What ``prepare`` worked out for one step, before any planning: nothing is committed yet."""
 
@@ -55,6 +77,7 @@ class PreparedStep:
     warm_start: Optional[SearchState]  # None after a sub-goal switch
     goal_energy: float  # observed energy against that sub-goal
     objective: Optional[GoalObjective]  # None: arrived at the final goal, hold without planning
+    arm_limits: Optional[ArmLimits] = None  # what the arm announced, applied on top of the config's
 
     @property
     def hold(self) -> bool:
@@ -90,6 +113,7 @@ class RecedingHorizonController:
         self._workspace_min = torch.tensor(config.workspace_min)
         self._workspace_max = torch.tensor(config.workspace_max)
         self._maxnorm = torch.tensor([config.maxnorm])
+        self._no_step_length = torch.tensor([math.inf])
         self._initial_std = initial_state(config, self.device).std  # warm starts reset to it (shifted() clones)
         self.set_goals(goals)
 
@@ -113,30 +137,33 @@ class RecedingHorizonController:
         self.steps_on_goal = 0
         self.warm_start: Optional[SearchState] = None
 
-    def step(self, latent: torch.Tensor, state: torch.Tensor, should_stop: ShouldStop = None) -> ControlStep:
+    def step(self, latent: torch.Tensor, state: torch.Tensor, should_stop: ShouldStop = None,
+             arm_limits: ArmLimits | None = None) -> ControlStep:
         """Plan from the current frame latent (N, D) and pose (7,); return the action to execute now.
 
         ``should_stop()`` is asked before every optimiser iteration; when it answers True the step
         raises PlanCancelled and leaves the controller exactly as it was (schedule, warm start, noise).
+        ``arm_limits``: the arm's announced limits, applied on top of the config's (see ArmLimits).
         """
-        prepared = self.prepare(latent, state)
+        prepared = self.prepare(latent, state, arm_limits)
         if prepared.hold:
             return self.finish(prepared, None, 0.0)
         started = time.perf_counter()
         (plan,) = plans_on_host([self.solve(prepared, should_stop)])  # the one host sync of a step (ends the device work)
         return self.finish(prepared, plan, time.perf_counter() - started)
 
-    def prepare(self, latent: torch.Tensor, state: torch.Tensor) -> PreparedStep:
+    def prepare(self, latent: torch.Tensor, state: torch.Tensor, arm_limits: ArmLimits | None = None) -> PreparedStep:
         """Check the inputs and work out what this step plans for; changes nothing in the controller."""
         latent = as_frame_latent(latent, "current latent").to(self.device)
         state = as_state(state)
+        self.limits(arm_limits)  # the planner's box and the arm's must overlap
         if latent.shape != self.goals[self.goal_index].latent.shape:
             raise ValueError(
                 f"current latent {tuple(latent.shape)} and goal latent {tuple(self.goals[self.goal_index].latent.shape)} differ in shape"
             )
         goal_index, steps_on_goal, warm_start, goal_energy = self._schedule_position(latent)
         if self._arrived(goal_index, goal_energy):
-            return PreparedStep(state, goal_index, steps_on_goal, None, goal_energy, None)
+            return PreparedStep(state, goal_index, steps_on_goal, None, goal_energy, None, arm_limits)
         objective = GoalObjective(
             self.model,
             latent,
@@ -146,7 +173,7 @@ class RecedingHorizonController:
             max_batch=self.config.max_batch,
             autocast_bf16=self.config.autocast_bf16,
         )
-        return PreparedStep(state, goal_index, steps_on_goal, warm_start, goal_energy, objective)
+        return PreparedStep(state, goal_index, steps_on_goal, warm_start, goal_energy, objective, arm_limits)
 
     def solve(self, prepared: PreparedStep, should_stop: ShouldStop = None) -> Plan:
         """The optimiser's plan for a prepared (non-hold) step, on the device; changes nothing else."""
@@ -178,7 +205,8 @@ class RecedingHorizonController:
         computed it for many sessions at once."""
         action = plan.actions[0] if plan is not None else torch.zeros(7)
         if limited is None:
-            actions, targets = within_limits(prepared.state[None], action[None], *(t[None] for t in self.limits()))
+            limits = self.limits(prepared.arm_limits)
+            actions, targets = within_limits(prepared.state[None], action[None], *(t[None] for t in limits))
             limited = actions[0], targets[0]
         self.goal_index = prepared.goal_index
         self.steps_on_goal = prepared.steps_on_goal + 1
@@ -217,21 +245,34 @@ class RecedingHorizonController:
                 return goal_index, steps_on_goal, warm_start, goal_energy
             goal_index, steps_on_goal, warm_start = goal_index + 1, 0, None  # the old plan aimed at the old goal
 
-    def limits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(maxnorm (1,), workspace_min (3,), workspace_max (3,)) for ``within_limits``."""
-        return self._maxnorm, self._workspace_min, self._workspace_max
+    def limits(self, arm_limits: ArmLimits | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(maxnorm (1,), workspace_min (3,), workspace_max (3,), max step length (1,)) for ``within_limits``:
+        the config's, with the arm's box intersected and its step length (inf when it announced none)."""
+        if arm_limits is None:
+            return self._maxnorm, self._workspace_min, self._workspace_max, self._no_step_length
+        low = torch.maximum(self._workspace_min, torch.tensor(arm_limits.workspace_min))
+        high = torch.minimum(self._workspace_max, torch.tensor(arm_limits.workspace_max))
+        if bool((low >= high).any()):
+            raise ValueError(f"the planner's workspace {self.config.workspace_min}..{self.config.workspace_max} and the "
+                             f"arm's {arm_limits.workspace_min}..{arm_limits.workspace_max} do not overlap")
+        return self._maxnorm, low, high, torch.tensor([arm_limits.max_step_m])
 
 
 def within_limits(
-    states: torch.Tensor, actions: torch.Tensor, maxnorm: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+    states: torch.Tensor, actions: torch.Tensor, maxnorm: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+    max_step: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 7) poses and wanted actions, each row with its own limits ((B, 1) maxnorm, (B, 3)
-    workspace corners) -> (B, 7) actions and target poses: the target clamped inside the workspace
-    and the step to +-maxnorm, action and target consistent.
+    workspace corners, (B, 1) step length) -> (B, 7) actions and target poses: the target clamped
+    inside the workspace, the step to +-maxnorm per axis and then to the arm's step length (Euclidean,
+    as the arm's SafetyLimits.clamp does), action and target consistent.
 
-    From inside the box the target stays inside; from outside, the step heads back toward the box.
+    From inside the box the target stays inside (every clamp moves it toward the state); from outside,
+    the step heads back toward the box.
     """
     wanted = (states[:, :3] + actions[:, :3]).clamp(low, high)
     step = torch.minimum(torch.maximum(wanted - states[:, :3], -maxnorm), maxnorm)
+    length = step.norm(dim=-1, keepdim=True)
+    step = torch.where(length > max_step, step * (max_step / length), step)
     limited = torch.cat((step, actions[:, 3:]), dim=-1)
     return limited, compose_pose(states, limited)

@@ -25,6 +25,11 @@ class TargetLeavesLimits(UnsafeTarget):
     """
 
 
+class NoFreshObservation(RuntimeError):
+    """`Arm.observe` has nothing fresh to send this period (e.g. the camera's newest frame is too old):
+    the client loop holds the arm and sends no observation."""
+
+
 def _wrap_angle(angle: np.ndarray) -> np.ndarray:
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
@@ -111,6 +116,19 @@ class SafetyLimits:
         safe[3:6] = _wrap_angle(current[3:6] + turn)
         safe[6] = np.clip(target[6], 0.0, 1.0)
         return safe
+
+    def to_hello(self) -> dict[str, list[float] | float]:
+        """The limits as the optional `limits` map of a hello (PROTOCOL.md 4.1), so the service plans within them."""
+        return {"workspace_low": [float(v) for v in self.workspace_low],
+                "workspace_high": [float(v) for v in self.workspace_high],
+                "max_translation_m": float(self.max_translation_m), "max_rotation_rad": float(self.max_rotation_rad)}
+
+    @classmethod
+    def from_hello(cls, limits: dict) -> "SafetyLimits":
+        """Inverse of `to_hello`; raises ValueError for limits SafetyLimits would refuse."""
+        return cls(workspace_low=tuple(limits["workspace_low"]), workspace_high=tuple(limits["workspace_high"]),
+                   max_translation_m=float(limits["max_translation_m"]),
+                   max_rotation_rad=float(limits["max_rotation_rad"]))
 
 
 @dataclass(frozen=True)

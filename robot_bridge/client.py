@@ -35,7 +35,7 @@ from typing import Iterable
 import numpy as np
 import zmq
 
-from .arm import Arm, Observation, SafetyLimits, TargetLeavesLimits, UnsafeTarget
+from .arm import Arm, NoFreshObservation, Observation, SafetyLimits, TargetLeavesLimits, UnsafeTarget
 from .protocol import (
     SERVICE_TO_ARM,
     ActionMessage,
@@ -232,7 +232,8 @@ class ArmClient:
             raise ValueError("rate_hz, action_timeout and plan_deadline_s must be positive")
         height, width = arm.camera_size
         self.hello = HelloMessage(robot_id=robot_id, camera_height=height, camera_width=width,
-                                  control_hz=self.rate_hz, image_format=image_format, software="jepa-planner arm client")
+                                  control_hz=self.rate_hz, image_format=image_format, software="jepa-planner arm client",
+                                  limits=limits.to_hello())
         self.image_format, self.jpeg_quality = image_format, jpeg_quality
         self.reconnect_after_s = reconnect_after_s   # unanswered heartbeats for this long: re-make the link
         self.blocking, self.plan_deadline_s = blocking, plan_deadline_s
@@ -319,7 +320,14 @@ class ArmClient:
         # meanwhile (judged by how long the last period's took), hold now rather than late.
         if state.moving is not None and started + self._begin_s >= state.moving.received_at + self.action_timeout:
             self._expire(state.moving, started)
-        observation = self.arm.observe()
+        try:
+            observation = self.arm.observe()
+        except NoFreshObservation as error:   # never send a stale frame: hold, keep the link, send nothing
+            state.moved_this_period, state.step = False, None
+            self._keep_link()
+            state.counts["no_fresh_observation"] += 1
+            log.warning("holding: %s", error)
+            return None, None
         state.observation, state.moved_this_period, state.step = observation, False, None
         self._keep_link()
         seq = self._send_observation(observation)
@@ -327,7 +335,11 @@ class ArmClient:
         return observation, seq
 
     def _streaming_step(self, tick_end: float) -> int | None:
-        _, seq = self._begin_period()
+        observation, seq = self._begin_period()
+        if observation is None:               # nothing fresh to see: no move this period
+            self._hold("hold")
+            self._read_until(tick_end)
+            return None
         self._move_if_fresh()                 # the newest command, clamped against this observation
         self._read_until(tick_end)
         if self._state.step is None and self._state.stop is None:   # nothing commanded this period
@@ -337,7 +349,11 @@ class ArmClient:
     def _blocking_step(self, period: float) -> int | None:
         """Hold still, send one observation, wait for its answer, execute it for one period, hold."""
         state = self._state
-        _, seq = self._begin_period()
+        observation, seq = self._begin_period()
+        if observation is None:               # nothing fresh to see: hold a period, ask again
+            self._hold("hold")
+            self._read_until(time.monotonic() + period)
+            return None
         if seq is None:                       # not welcomed (or not sent): wait a period, holding
             self._read_until(time.monotonic() + period)
         else:

@@ -64,3 +64,45 @@ def pose_difference(start: np.ndarray, end: np.ndarray) -> np.ndarray:
         [end[..., :3] - start[..., :3], matrix_to_euler(rotation), end[..., 6:7] - start[..., 6:7]],
         axis=-1,
     )
+
+
+def pose_to_matrix(pose: np.ndarray) -> np.ndarray:
+    """(7,) or (6,) pose -> (4, 4) homogeneous base -> end-effector transform (the gripper is dropped)."""
+    pose = np.asarray(pose, dtype=np.float64)
+    matrix = np.eye(4)
+    matrix[:3, :3] = euler_to_matrix(pose[3:6])
+    matrix[:3, 3] = pose[:3]
+    return matrix
+
+
+def matrix_to_pose(matrix: np.ndarray, gripper: float) -> np.ndarray:
+    """(4, 4) base -> end-effector transform and a gripper value -> (7,) pose."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    return np.concatenate([matrix[:3, 3], matrix_to_euler(matrix[:3, :3]), [gripper]])
+
+
+def matrix_to_rotvec(matrix: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation -> rotation vector (axis * angle, angle in [0, pi])."""
+    m = np.asarray(matrix, dtype=np.float64)
+    cos_angle = np.clip((np.trace(m) - 1.0) / 2.0, -1.0, 1.0)
+    angle = float(np.arccos(cos_angle))
+    axis = np.array([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]])
+    if angle < 1e-9:
+        return 0.5 * axis                                # small angle: the skew part is the vector
+    if angle > np.pi / 2:   # sin(angle) -> 0 near a half turn: read the axis from the symmetric part instead
+        outer = ((m + m.T) / 2.0 - cos_angle * np.eye(3)) / (1.0 - cos_angle)   # = n n^T
+        column = int(np.argmax(np.diag(outer)))
+        unit = outer[:, column] / np.sqrt(outer[column, column])
+        return (unit if unit @ axis >= 0 else -unit) * angle
+    return axis * (angle / (2.0 * np.sin(angle)))
+
+
+def rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:
+    """Rotation vector -> (3, 3) rotation (Rodrigues)."""
+    rotvec = np.asarray(rotvec, dtype=np.float64)
+    angle = float(np.linalg.norm(rotvec))
+    if angle < 1e-12:
+        return np.eye(3)
+    x, y, z = rotvec / angle
+    skew = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + np.sin(angle) * skew + (1.0 - np.cos(angle)) * skew @ skew

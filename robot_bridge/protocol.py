@@ -114,6 +114,39 @@ def _read_robot_id(fields: Mapping[str, Any], limits: ProtocolLimits) -> str:
     return robot_id
 
 
+# Bounds on what an arm may announce in hello.limits: generous for any tabletop arm, but they keep
+# a typo (a step in millimetres, a box in the next room) from becoming a planner setting.
+ARM_LIMIT_KEYS = ("workspace_low", "workspace_high", "max_translation_m", "max_rotation_rad")
+MAX_WORKSPACE_COORD_M = 10.0
+MAX_ANNOUNCED_STEP_M = 0.5
+MAX_ANNOUNCED_TURN_RAD = math.pi
+
+
+def read_arm_limits(value: Any) -> dict[str, Any] | None:
+    """Validate a hello's optional `limits` map (PROTOCOL.md 4.1); nil or absent -> None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _invalid("limits", f"expected nil or a map, got {type(value).__name__}")
+    corners = {}
+    for name in ("workspace_low", "workspace_high"):
+        corner = value.get(name)
+        if not isinstance(corner, list) or len(corner) != 3 or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in corner):
+            raise _invalid(f"limits.{name}", "expected three finite numbers (metres, base frame)")
+        if any(abs(v) > MAX_WORKSPACE_COORD_M for v in corner):
+            raise _invalid(f"limits.{name}", f"{corner} is more than {MAX_WORKSPACE_COORD_M:g} m from the base")
+        corners[name] = [float(v) for v in corner]
+    if not all(lo < hi for lo, hi in zip(corners["workspace_low"], corners["workspace_high"])):
+        raise _invalid("limits", f"workspace_low {corners['workspace_low']} must be below workspace_high "
+                                 f"{corners['workspace_high']} on every axis")
+    step = _read_float(value, "max_translation_m", 0.0, MAX_ANNOUNCED_STEP_M)
+    turn = _read_float(value, "max_rotation_rad", 0.0, MAX_ANNOUNCED_TURN_RAD)
+    if step <= 0 or turn <= 0:
+        raise _invalid("limits", "max_translation_m and max_rotation_rad must be positive")
+    return {**corners, "max_translation_m": step, "max_rotation_rad": turn}
+
+
 # ---------------------------------------------------------------------------------------------
 # Typed arrays: {"dtype": "<f8", "shape": [7], "data": <bytes>}
 
@@ -305,10 +338,14 @@ class HelloMessage:
     control_hz: float
     image_format: str = "jpeg"
     software: str = ""
+    limits: dict[str, Any] | None = None   # the arm's safety limits (ARM_LIMIT_KEYS), if it announces them
 
     def fields(self) -> dict[str, Any]:
-        return {"robot_id": self.robot_id, "camera_height": self.camera_height, "camera_width": self.camera_width,
-                "control_hz": self.control_hz, "image_format": self.image_format, "software": self.software}
+        fields = {"robot_id": self.robot_id, "camera_height": self.camera_height, "camera_width": self.camera_width,
+                  "control_hz": self.control_hz, "image_format": self.image_format, "software": self.software}
+        if self.limits is not None:   # optional key: absent, not nil, so older services see nothing new
+            fields["limits"] = self.limits
+        return fields
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any], limits: ProtocolLimits) -> "HelloMessage":
@@ -322,6 +359,7 @@ class HelloMessage:
             control_hz=_read_float(fields, "control_hz", 0.1, 1000.0),
             image_format=image_format,
             software=_read_text(fields, "software", limits, default=""),
+            limits=read_arm_limits(fields.get("limits")),
         )
 
 

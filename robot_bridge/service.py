@@ -241,6 +241,12 @@ class BridgeService:
                               r.last_seen + wall_offset, r.latest_at, r.latest)
                     for rid, r in sorted(self._robots.items())]
 
+    def hello_of(self, robot_id: str) -> HelloMessage | None:
+        """The hello the robot is connected under (None if unknown), e.g. for the limits it announced."""
+        with self._work:
+            robot = self._robots.get(robot_id.encode())
+            return None if robot is None else robot.hello
+
     def stats(self) -> dict[str, int]:
         """Monotonic counters (plus robots_active, a gauge) for metrics."""
         with self._counts_lock:

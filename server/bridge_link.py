@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable
 
 import numpy as np
 
@@ -28,8 +29,8 @@ def start_bridge(service: PlanningService):
         if settings.bridge_secret_key is None or settings.bridge_authorized_keys is None:
             raise ValueError("CURVE needs both bridge_secret_key and bridge_authorized_keys")
         keys = ServerKeys(settings.bridge_secret_key, settings.bridge_authorized_keys)
-    bridge = BridgeService(settings.bridge, make_plan_callback(service), keys=keys,
-                           session_info=make_session_info(service)).start()
+    bridge = BridgeService(settings.bridge, make_plan_callback(service, lambda robot_id: bridge.hello_of(robot_id)),
+                           keys=keys, session_info=make_session_info(service)).start()
     service.metrics.bridge.read_stats = bridge.stats
     service.bridge = bridge
     service.sessions.stop_listeners.append(lambda record: bridge.send_stop(record.robot_id, f"session {record.id} stopped"))
@@ -37,7 +38,19 @@ def start_bridge(service: PlanningService):
     return bridge
 
 
-def make_plan_callback(service: PlanningService):
+def planner_limits_from_hello(hello) -> Any:
+    """The limits an arm announced in its hello as per-session planner limits (planner.controller.ArmLimits),
+    or None when it announced none: the session then plans within its own box and step only."""
+    if hello is None or hello.limits is None:
+        return None
+    from planner.controller import ArmLimits
+
+    limits = hello.limits
+    return ArmLimits(tuple(limits["workspace_low"]), tuple(limits["workspace_high"]), limits["max_translation_m"])
+
+
+def make_plan_callback(service: PlanningService, hello_of: Callable[[str], Any] = lambda robot_id: None):
+    """`hello_of(robot_id)`: the robot's current hello (BridgeService.hello_of), for its announced limits."""
     from robot_bridge.protocol import ActionMessage, ErrorCode, ErrorMessage, HoldMessage
 
     def plan(robot_id: str, observation):
@@ -45,7 +58,7 @@ def make_plan_callback(service: PlanningService):
         try:
             outcome = service.sessions.act_for_robot(
                 robot_id, observation.image.decode(), [float(v) for v in observation.state], observation.seq,
-                timeout=timeout)
+                timeout=timeout, arm_limits=planner_limits_from_hello(hello_of(robot_id)))
         except ModelUnavailable as error:
             return HoldMessage(error.message[:1000])
         except FutureTimeout:

@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("server.serve_command", "run the planning service (HTTP + ZeroMQ bridge)"),
     "sim-arm": ("robot_bridge.sim_arm_command", "run the simulated Franka-style arm against a service"),
+    "arm": ("robot_bridge.arm_command", "run a real Franka (franky or pylibfranka) or the sim arm against a service"),
     "demo": ("robot_bridge.eval_command", "closed-loop reaching demo: service + sim arm + goal images"),
     "eval": ("robot_bridge.eval_command", "closed-loop episodes in the sim or robosuite through a service, scored"),
     "replay": ("robot_bridge.replay", "stream a recorded episode to a service and report"),

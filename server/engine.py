@@ -27,7 +27,8 @@ class PlanStep:
 class SessionPlanner(Protocol):
     """One session's receding-horizon controller (goal schedule, warm start)."""
 
-    def step(self, observation_latent: Any, state: list[float]) -> PlanStep: ...
+    def step(self, observation_latent: Any, state: list[float], arm_limits: Any = None) -> PlanStep:
+        """`arm_limits`: planner.controller.ArmLimits the arm announced, or None."""
 
     def snapshot(self) -> Any:
         """Where the planner stands now (schedule position, warm start)."""
@@ -131,10 +132,10 @@ class _ControllerPlanner:
     def __init__(self, controller):
         self.controller = controller
 
-    def step(self, observation_latent: Any, state: list[float]) -> PlanStep:
+    def step(self, observation_latent: Any, state: list[float], arm_limits: Any = None) -> PlanStep:
         import torch
 
-        result = self.controller.step(observation_latent, torch.tensor(state, dtype=torch.float32))
+        result = self.controller.step(observation_latent, torch.tensor(state, dtype=torch.float32), arm_limits=arm_limits)
         return PlanStep(action=result.action.tolist(), target_pose=result.target_pose.tolist(), energy=result.energy,
                         goal_index=result.goal_index, plan_ms=result.planning_seconds * 1000.0)
 

@@ -167,9 +167,10 @@ class SessionRegistry:
             "observation, and if this repeats lower the session's samples/iterations/horizon or raise JEPA_ACT_TIMEOUT_S")
 
     def act_for_robot(self, robot_id: str, pixels: np.ndarray, state: list[float], seq: int | None,
-                      timeout: float | None = None) -> ActOutcome | None:
+                      timeout: float | None = None, arm_limits: Any = None) -> ActOutcome | None:
         """Bridge entry (blocking, any thread): None when the robot has no active session.
-        Raises concurrent.futures.TimeoutError after `timeout` s; a later plan is discarded."""
+        Raises concurrent.futures.TimeoutError after `timeout` s; a later plan is discarded.
+        `arm_limits`: the limits the arm announced (bridge_link.planner_limits_from_hello), planned within."""
         with self._lock:
             live = self._active_for_robot(robot_id)
         if live is None:
@@ -177,7 +178,8 @@ class SessionRegistry:
         # The bridge orders observations per connection itself (and an arm restart restarts its
         # numbering), so its seq is recorded but not re-checked here.
         claim = _ActClaim()
-        future = self.worker.submit(self._act_job, live, claim, pixels, state, seq, "bridge", time.perf_counter())
+        future = self.worker.submit(self._act_job, live, claim, pixels, state, seq, "bridge", time.perf_counter(),
+                                    arm_limits)
         try:
             return future.result(timeout)
         except FutureTimeout:
@@ -209,7 +211,7 @@ class SessionRegistry:
             raise StaleObservation(f"observation seq {seq} is not newer than {last}; dropped")
 
     def _act_job(self, engine: Engine, live: _LiveSession, claim: _ActClaim, pixels: np.ndarray, state: list[float],
-                 seq: int | None, source: str, received: float) -> ActOutcome:
+                 seq: int | None, source: str, received: float, arm_limits: Any = None) -> ActOutcome:
         """Worker thread: encode, plan, record. Re-checks freshness: jobs may have queued out of order.
         A plan whose caller gave up is not recorded, and the planner is put back as it was before it."""
         if live.record.id not in self._live:
@@ -221,7 +223,7 @@ class SessionRegistry:
             if live.planner is None:
                 live.planner = self.build_planner(engine, live.record)
             before = live.planner.snapshot()
-            plan: PlanStep = live.planner.step(engine.encode(pixels), state)
+            plan: PlanStep = live.planner.step(engine.encode(pixels), state, arm_limits)
         except ServiceError:
             raise
         except Exception:

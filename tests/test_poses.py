@@ -75,3 +75,40 @@ def test_matches_the_official_helpers_on_the_reference_fixture(reference_folder)
     droid = helpers["droid_poses_to_diffs"]
     poses = droid["poses"].numpy()
     np.testing.assert_allclose(pose_difference(poses[:-1], poses[1:]), droid["out"].numpy(), atol=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(positions, angles, grippers, positions, angles, grippers)
+def test_the_arm_side_numpy_math_equals_the_planner_torch_math(p0, e0, g0, p1, e1, g1):
+    """One pose convention on both sides of the bridge: robot_bridge.poses (numpy, torch-free) is pinned
+    to planner.pose (torch), which is pinned to the official helpers in tests/test_pose.py."""
+    import torch
+
+    from planner import pose as torch_pose
+
+    start, end = pose(p0, e0, g0), pose(p1, e1, g1)
+    delta = pose_difference(start, end)
+    np.testing.assert_allclose(delta, torch_pose.pose_difference(torch.tensor(start), torch.tensor(end)).numpy(),
+                               atol=1e-9)
+    np.testing.assert_allclose(compose_pose(start, delta),
+                               torch_pose.compose_pose(torch.tensor(start), torch.tensor(delta)).numpy(), atol=1e-9)
+    np.testing.assert_allclose(euler_to_matrix(e0), torch_pose.euler_xyz_to_matrix(torch.tensor(e0)).numpy(), atol=1e-12)
+
+
+@settings(max_examples=100)
+@given(angles, positions, grippers)
+def test_pose_matrices_and_rotation_vectors_round_trip(euler, position, gripper):
+    from robot_bridge.poses import matrix_to_pose, matrix_to_rotvec, pose_to_matrix, rotvec_to_matrix
+
+    state = pose(position, euler, gripper)
+    np.testing.assert_allclose(matrix_to_pose(pose_to_matrix(state), gripper), state, atol=1e-9)
+    rotation = euler_to_matrix(euler)
+    np.testing.assert_allclose(rotvec_to_matrix(matrix_to_rotvec(rotation)), rotation, atol=1e-9)
+
+
+def test_rotation_vector_of_a_half_turn_and_of_nothing():
+    from robot_bridge.poses import matrix_to_rotvec
+
+    half_turn_about_x = euler_to_matrix([np.pi, 0.0, 0.0])   # a gripper pointing down
+    np.testing.assert_allclose(np.abs(matrix_to_rotvec(half_turn_about_x)), [np.pi, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(matrix_to_rotvec(np.eye(3)), np.zeros(3), atol=1e-15)
