@@ -2,6 +2,7 @@
 the executed move (after the arm's clamp) equals the planned delta."""
 from __future__ import annotations
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -71,9 +72,9 @@ def test_the_controller_plans_inside_the_arm_box_and_step_so_the_arm_clamp_chang
     limits = planner_limits_from_hello(hello(limits=ARM.to_hello()))
     assert limits == ArmLimits((0.4, -0.1, 0.2), (0.6, 0.1, 0.4), 0.02)
     controller = planner_from(world, (0.62, 0.08, 0.45))   # goal outside the arm's box, 15 cm away
-    state = torch.tensor([0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0])
+    state = torch.tensor([0.5, 0.0, 0.3, math.pi, 0.0, 0.0, 0.0])   # gripper down: inside the default orientation range
     for _ in range(12):
-        step = controller.step(world.render(state[:3]), state, limits)
+        step = controller.step(world.render(state[:3]), state, arm_limits=limits)
         moved = float(step.action[:3].norm())
         assert moved <= 0.02 + 1e-6
         target = step.target_pose.double().numpy()
@@ -89,7 +90,7 @@ def test_without_arm_limits_the_same_plan_would_be_clamped_by_the_arm():
     """The failure the announcement fixes: the planner's default maxnorm (7.5 cm per axis) exceeds the arm's step."""
     world = BlobWorld()
     controller = planner_from(world, (0.62, 0.08, 0.45))
-    state = torch.tensor([0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0])
+    state = torch.tensor([0.5, 0.0, 0.3, math.pi, 0.0, 0.0, 0.0])   # gripper down: inside the default orientation range
     target = controller.step(world.render(state[:3]), state).target_pose.double().numpy()
     executed = ARM.clamp(target, state.double().numpy())
     assert np.linalg.norm(executed[:3] - target[:3]) > 0.005
@@ -99,9 +100,9 @@ def test_an_arm_box_outside_the_planner_box_is_a_clear_error():
     world = BlobWorld()
     controller = planner_from(world, (0.5, 0.0, 0.3), workspace_min=(0.2, -0.6, 0.02), workspace_max=(0.9, 0.6, 0.9))
     far = ArmLimits((1.0, 1.0, 1.0), (1.2, 1.2, 1.2), 0.02)
-    state = torch.tensor([0.5, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0])
+    state = torch.tensor([0.5, 0.0, 0.3, math.pi, 0.0, 0.0, 0.0])   # gripper down: inside the default orientation range
     with pytest.raises(ValueError, match="do not overlap"):
-        controller.step(world.render(state[:3]), state, far)
+        controller.step(world.render(state[:3]), state, arm_limits=far)
 
 
 class Clamps(Subscriber):

@@ -140,3 +140,12 @@ def test_limits_validate_their_own_configuration():
         SafetyLimits(orientation_range_rad=(0.5, 0.0, 1.0))
     with pytest.raises(ValueError, match="orientation_reference"):
         SafetyLimits(orientation_reference=(np.nan, 0.0, 0.0))
+
+
+def test_a_measured_pose_a_hair_past_the_box_face_still_takes_targets_along_it():
+    """An arm servoing onto the box's face reads back micrometres beyond it; that is not 'outside'."""
+    limits = SafetyLimits()
+    on_face = np.array([limits.workspace_high[0] + 1e-7, 0.0, 0.3, np.pi, 0.0, 0.0, 0.0])
+    along = on_face.copy()
+    along[1] += 0.02   # sideways along the face: neither in nor out
+    np.testing.assert_allclose(limits.clamp(along, on_face)[:3], [limits.workspace_high[0], 0.02, 0.3])
