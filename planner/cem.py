@@ -18,9 +18,11 @@ from planner.search import (
     Plan,
     SamplingOptimizer,
     SearchState,
+    StopCheck,
     clip_to_limits,
     final_actions,
     momentum_weights,
+    raise_if_stopped,
     to_actions,
 )
 
@@ -48,7 +50,8 @@ class CEM(SamplingOptimizer):
         return elite_fit.mean, elite_fit.std
 
     @torch.inference_mode()
-    def solve(self, objective: Objective, warm_start: SearchState | None = None) -> Plan:
+    def solve(self, objective: Objective, warm_start: SearchState | None = None,
+              should_stop: StopCheck | None = None) -> Plan:
         config = self.config
         device = objective.device
         noise = self._noise_for(device)
@@ -57,6 +60,7 @@ class CEM(SamplingOptimizer):
         mean_momentum, std_momentum = momentum_weights(config, device)
         iteration_energies = []
         for _ in range(config.iterations):
+            raise_if_stopped(should_stop)
             candidates = clip_to_limits(mean + std * noise.standard_normal(config.samples, config.horizon, device), config.maxnorm)
             energies = objective.evaluate(to_actions(candidates))
             iteration_energies.append(energies)

@@ -20,7 +20,7 @@ from planner.noise import NoiseSource
 from planner.objective import GoalObjective, Rollout, as_frame_latent, as_state
 from planner.optimizers import make_optimizer
 from planner.pose import compose_pose
-from planner.search import SearchState, initial_state
+from planner.search import PlanCancelled, SearchState, StopCheck, initial_state
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,20 @@ class RecedingHorizonController:
         self.steps_on_goal = 0
         self.warm_start: Optional[SearchState] = None
 
-    def step(self, latent: torch.Tensor, state: torch.Tensor) -> ControlStep:
-        """Plan from the current frame latent (N, D) and pose (7,); return the action to execute now."""
+    def step(self, latent: torch.Tensor, state: torch.Tensor, should_stop: StopCheck | None = None) -> ControlStep:
+        """Plan from the current frame latent (N, D) and pose (7,); return the action to execute now.
+
+        `should_stop` is passed to the optimiser (asked between iterations); when it stops the
+        search, PlanCancelled is raised and the controller is left exactly as it was before the call.
+        """
+        before = (self.goal_index, self.steps_on_goal, self.warm_start)
+        try:
+            return self._step(latent, state, should_stop)
+        except PlanCancelled:
+            self.goal_index, self.steps_on_goal, self.warm_start = before
+            raise
+
+    def _step(self, latent: torch.Tensor, state: torch.Tensor, should_stop: StopCheck | None) -> ControlStep:
         latent = as_frame_latent(latent, "current latent").to(self.device)
         state = as_state(state)
         if latent.shape != self.goals[self.goal_index].latent.shape:
@@ -116,7 +128,7 @@ class RecedingHorizonController:
             autocast_bf16=self.config.autocast_bf16,
         )
         started = time.perf_counter()
-        plan = self.optimizer.solve(objective, self.warm_start)
+        plan = self.optimizer.solve(objective, self.warm_start, should_stop)
         energy = float(plan.energy)  # the one host sync of a control step (also ends the device work)
         planning_seconds = time.perf_counter() - started
         self.warm_start = plan.state.shifted(self._initial_std)

@@ -23,9 +23,11 @@ from planner.search import (
     Plan,
     SamplingOptimizer,
     SearchState,
+    StopCheck,
     clip_to_limits,
     final_actions,
     momentum_weights,
+    raise_if_stopped,
     to_actions,
 )
 
@@ -65,7 +67,8 @@ class ICEM(SamplingOptimizer):
         return self._mixer
 
     @torch.inference_mode()
-    def solve(self, objective: Objective, warm_start: SearchState | None = None) -> Plan:
+    def solve(self, objective: Objective, warm_start: SearchState | None = None,
+              should_stop: StopCheck | None = None) -> Plan:
         config = self.config
         device = objective.device
         noise = self._noise_for(device)
@@ -76,6 +79,7 @@ class ICEM(SamplingOptimizer):
         keep = round(config.icem_keep_elites * config.topk)
         iteration_energies = []
         for _ in range(config.iterations):
+            raise_if_stopped(should_stop)
             coloured = torch.einsum("ij,sjd->sid", mixer, noise.standard_normal(config.samples, config.horizon, device))
             pool = [clip_to_limits(mean + std * coloured, config.maxnorm), mean.unsqueeze(0)]
             if carried is not None and keep > 0:

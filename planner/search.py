@@ -7,7 +7,7 @@ model's device for the whole solve so nothing syncs with the host inside the loo
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -16,6 +16,18 @@ from planner.noise import NoiseSource, SeededNoise
 from planner.objective import Objective
 
 SEARCH_DIMS = 4  # x, y, z, gripper
+
+StopCheck = Callable[[], bool]
+"""A cheap host-side test (e.g. reading a threading.Event), asked before every iteration of a solve."""
+
+
+class PlanCancelled(Exception):
+    """A solve (or a control step) was told to stop between iterations; its partial result is discarded."""
+
+
+def raise_if_stopped(should_stop: Optional[StopCheck]) -> None:
+    if should_stop is not None and should_stop():
+        raise PlanCancelled("planning was cancelled")
 
 
 @dataclass(frozen=True)
@@ -105,5 +117,7 @@ class SamplingOptimizer:
             )
         return replace(warm_start, mean=warm_start.mean.to(objective.device), std=warm_start.std.to(objective.device))
 
-    def solve(self, objective: Objective, warm_start: SearchState | None = None) -> Plan:
+    def solve(self, objective: Objective, warm_start: SearchState | None = None,
+              should_stop: StopCheck | None = None) -> Plan:
+        """Search from `warm_start`; `should_stop()` is asked before each iteration (PlanCancelled when true)."""
         raise NotImplementedError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -27,13 +27,26 @@ class PlanStep:
 class SessionPlanner(Protocol):
     """One session's receding-horizon controller (goal schedule, warm start)."""
 
-    def step(self, observation_latent: Any, state: list[float]) -> PlanStep: ...
+    def step(self, observation_latent: Any, state: list[float],
+             should_stop: Callable[[], bool] | None = None) -> PlanStep:
+        """Plan one action; raises planner.search.PlanCancelled (planner unchanged) when `should_stop()`
+        turns true between CEM iterations."""
 
     def snapshot(self) -> Any:
         """Where the planner stands now (schedule position, warm start)."""
 
     def restore(self, snapshot: Any) -> None:
         """Back to `snapshot`: undoes steps whose plans never reached the robot."""
+
+
+@dataclass(frozen=True)
+class RoundItem:
+    """One session's share of a planning round."""
+
+    planner: SessionPlanner
+    latent: Any                          # the observation's frame latent (N, D), on the model device
+    state: list[float]
+    should_stop: Callable[[], bool]      # this request's own cancellation (deadline, stop, newer hello)
 
 
 class Engine(Protocol):
@@ -53,11 +66,24 @@ class Engine(Protocol):
     def new_session_planner(self, goal_latents: list[Any], planner: dict[str, Any],
                             schedule: dict[str, Any] | None = None) -> SessionPlanner: ...
 
+    def plan_round(self, items: list[RoundItem], should_stop: Callable[[], bool]) -> list[Any]:
+        """Plan every item; per item a PlanStep or the exception it raised (PlanCancelled included)."""
+
 
 # Bounds on per-session planner overrides: a client must not be able to ask for a search that
 # exhausts the device (samples * horizon rollouts per iteration).
 MAX_SAMPLES = 8192
 MAX_ITERATIONS = 64
+
+# The compute budget of one plan, in token-rollouts: samples x iterations x horizon x tokens per frame
+# of the loaded model. The default keeps one plan of the embedded demo model (64 tokens per frame) to
+# a few seconds on a 2-core CPU (measured: see README "Compute budget"); a bigger model or device
+# sets JEPA_PLAN_BUDGET to what one plan may cost there.
+DEFAULT_PLAN_BUDGET = 256 * 10 * 4 * 64
+
+
+def plan_cost(planner: dict[str, Any], tokens_per_frame: int) -> int:
+    return planner["samples"] * planner["iterations"] * planner["horizon"] * tokens_per_frame
 
 
 def effective_planner_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -82,9 +108,10 @@ def effective_planner_config(defaults: dict[str, Any], overrides: dict[str, Any]
 class WorldModelEngine:
     """The V-JEPA 2-AC world model plus a RecedingHorizonController per session."""
 
-    def __init__(self, world_model, source: str):
+    def __init__(self, world_model, source: str, plan_budget: Callable[[], int] = lambda: DEFAULT_PLAN_BUDGET):
         self.world_model = world_model
         self.source = source
+        self.plan_budget = plan_budget   # read per check, so the setting can change on a live service
         self.fingerprint = _weights_fingerprint(world_model)
 
     def info(self) -> dict[str, Any]:
@@ -98,6 +125,27 @@ class WorldModelEngine:
         if planner["horizon"] > self.world_model.max_horizon:
             raise InvalidInput(f"horizon {planner['horizon']} is longer than this model can imagine "
                                f"({self.world_model.max_horizon})", code="invalid_planner")
+        tokens, budget = self.world_model.tokens_per_frame, self.plan_budget()
+        cost = plan_cost(planner, tokens)
+        if cost > budget:
+            raise InvalidInput(
+                f"this planner costs {cost:,} token-rollouts per plan (samples {planner['samples']} x iterations "
+                f"{planner['iterations']} x horizon {planner['horizon']} x {tokens} tokens per frame), over the plan "
+                f"budget of {budget:,} (JEPA_PLAN_BUDGET); ask for fewer samples, iterations or horizon steps",
+                code="over_budget")
+
+    def plan_round(self, items: list[RoundItem], should_stop: Callable[[], bool]) -> list[Any]:
+        """Today one session at a time. planner.batch.step_together(controllers, latents, states, should_stop)
+        can replace the loop (one batched rollout for the round), stopping when `should_stop()` or every
+        item's own should_stop is true; the scheduler discards the plans of items cancelled meanwhile."""
+        results: list[Any] = []
+        for item in items:
+            try:
+                results.append(item.planner.step(item.latent, item.state,
+                                                 lambda stop=item.should_stop: should_stop() or stop()))
+            except Exception as error:
+                results.append(error)
+        return results
 
     def encode(self, pixels: np.ndarray):
         return self.world_model.encode(pixels)[0]  # (N, D) on the model device
@@ -131,10 +179,11 @@ class _ControllerPlanner:
     def __init__(self, controller):
         self.controller = controller
 
-    def step(self, observation_latent: Any, state: list[float]) -> PlanStep:
+    def step(self, observation_latent: Any, state: list[float],
+             should_stop: Callable[[], bool] | None = None) -> PlanStep:
         import torch
 
-        result = self.controller.step(observation_latent, torch.tensor(state, dtype=torch.float32))
+        result = self.controller.step(observation_latent, torch.tensor(state, dtype=torch.float32), should_stop)
         return PlanStep(action=result.action.tolist(), target_pose=result.target_pose.tolist(), energy=result.energy,
                         goal_index=result.goal_index, plan_ms=result.planning_seconds * 1000.0)
 
@@ -153,7 +202,7 @@ def load_engine(settings) -> WorldModelEngine:
     from world_model import load_world_model
 
     return WorldModelEngine(load_world_model(settings.model, device=settings.device, dtype=settings.dtype),
-                            settings.model)
+                            settings.model, lambda: settings.plan_budget)
 
 
 def _weights_fingerprint(world_model) -> str:

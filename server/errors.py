@@ -44,3 +44,7 @@ class ModelUnavailable(ServiceError):
 
 class ActTimeout(ServiceError):
     status, code = 504, "act_timeout"
+
+
+class ShuttingDown(ServiceError):
+    status, code = 503, "shutting_down"

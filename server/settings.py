@@ -58,6 +58,9 @@ class ServerSettings(BaseSettings):
     bridge_plan_timeout_s: float = Field(60.0, gt=0, description="longest a bridge observation waits for its plan")
     act_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False,
                                  description="longest an HTTP act may take from arrival; a later plan is discarded")
+    plan_budget: int = Field(655_360, gt=0, description="most one plan may cost: samples x iterations x horizon x "
+                                                        "tokens per frame of the loaded model (more is refused, 422)")
+    plan_batch_max: int = Field(32, ge=1, description="most sessions planned in one scheduler round (1: one at a time)")
     data_dir: Path = Field(default_factory=default_data_dir, description="goals, latents and session history")
     api_key: SecretStr | None = Field(None, description="required in X-API-Key (or Authorization: Bearer) when set")
     max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest accepted request body")
