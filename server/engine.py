@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .errors import InvalidInput
+from .settings import DEFAULT_PLAN_BUDGET
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,8 @@ class Engine(Protocol):
 MAX_SAMPLES = 8192
 MAX_ITERATIONS = 64
 
-# The compute budget of one plan, in token-rollouts: samples x iterations x horizon x tokens per frame
-# of the loaded model. The default keeps one plan of the embedded demo model (64 tokens per frame) to
-# a few seconds on a 2-core CPU (measured: see README "Compute budget"); a bigger model or device
-# sets JEPA_PLAN_BUDGET to what one plan may cost there.
-DEFAULT_PLAN_BUDGET = 256 * 10 * 4 * 64
-
-
 def plan_cost(planner: dict[str, Any], tokens_per_frame: int) -> int:
+    """What one plan costs, in token-rollouts (JEPA_PLAN_BUDGET bounds it)."""
     return planner["samples"] * planner["iterations"] * planner["horizon"] * tokens_per_frame
 
 

@@ -204,3 +204,17 @@ def test_newest_wins_over_the_bridge_through_the_scheduler(server, client):
     history = client.get(f"/v1/sessions/{session}/steps", params={"limit": 100}).json()["items"]
     assert [s["seq"] for s in history] == seqs
     client.post(f"/v1/sessions/{session}/stop")
+
+
+def test_budget_and_batch_settings_from_the_environment(monkeypatch):
+    from server.settings import DEFAULT_PLAN_BUDGET, SettingsError, load_settings
+
+    monkeypatch.delenv("JEPA_CONFIG", raising=False)
+    defaults = load_settings()
+    assert (defaults.plan_budget, defaults.plan_batch_max) == (DEFAULT_PLAN_BUDGET, 32)
+    monkeypatch.setenv("JEPA_PLAN_BUDGET", "5000000")
+    monkeypatch.setenv("JEPA_PLAN_BATCH_MAX", "1")
+    assert (load_settings().plan_budget, load_settings().plan_batch_max) == (5_000_000, 1)
+    monkeypatch.setenv("JEPA_PLAN_BATCH_MAX", "0")
+    with pytest.raises(SettingsError, match="plan_batch_max"):
+        load_settings()
