@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "world-model": ("world_model.bench", "encode ms/image and rollout samples/s, cached vs full"),
     "plan": ("planner.bench", "seconds per planned action: reference-style baseline vs ours"),
     "server": ("server.bench", "act latency percentiles under concurrent sessions"),
+    "scheduler": ("server.bench_scheduler", "victim act latency beside a heavy robot; SIGTERM during a long plan"),
 }
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
