@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -67,8 +67,8 @@ class Engine(Protocol):
     def new_session_planner(self, goal_latents: list[Any], planner: dict[str, Any],
                             schedule: dict[str, Any] | None = None) -> SessionPlanner: ...
 
-    def plan_round(self, items: list[RoundItem], should_stop: Callable[[], bool]) -> list[Any]:
-        """Plan every item; per item a PlanStep or the exception it raised (PlanCancelled included)."""
+    def plan_round(self, items: list[RoundItem], should_stop: Callable[[], bool]) -> Iterator[tuple[int, Any]]:
+        """Plan every item; yields (index, PlanStep or the exception it raised, PlanCancelled included)."""
 
 
 # Bounds on per-session planner overrides: a client must not be able to ask for a search that
@@ -129,18 +129,20 @@ class WorldModelEngine:
                 f"budget of {budget:,} (JEPA_PLAN_BUDGET); ask for fewer samples, iterations or horizon steps",
                 code="over_budget")
 
-    def plan_round(self, items: list[RoundItem], should_stop: Callable[[], bool]) -> list[Any]:
-        """Today one session at a time. planner.batch.step_together(controllers, latents, states, should_stop)
-        can replace the loop (one batched rollout for the round), stopping when `should_stop()` or every
-        item's own should_stop is true; the scheduler discards the plans of items cancelled meanwhile."""
-        results: list[Any] = []
-        for item in items:
+    def plan_round(self, items: list[RoundItem], should_stop: Callable[[], bool]) -> Iterator[tuple[int, Any]]:
+        """Plan every item; yields (index, PlanStep or the exception it raised, PlanCancelled included) as each
+        plan is done, so a quick plan is answered before a slow one of the same round finishes.
+
+        Today one session at a time, in the order given. planner.batch.step_together(controllers, latents,
+        states, should_stop) can replace the loop (one batched rollout for the round, all results yielded at
+        its end), stopping when `should_stop()` or every item's own should_stop is true; the scheduler
+        discards the plans of items cancelled meanwhile."""
+        for index, item in enumerate(items):
             try:
-                results.append(item.planner.step(item.latent, item.state,
-                                                 lambda stop=item.should_stop: should_stop() or stop()))
+                result = item.planner.step(item.latent, item.state, lambda stop=item.should_stop: should_stop() or stop())
             except Exception as error:
-                results.append(error)
-        return results
+                result = error
+            yield index, result
 
     def encode(self, pixels: np.ndarray):
         return self.world_model.encode(pixels)[0]  # (N, D) on the model device

@@ -5,9 +5,9 @@ A request asks for one plan for one session: an observation, its seq, the connec
 keeps at most one pending request per session (newest wins: a newer one replaces the pending one,
 which is answered as superseded) and, on the model worker thread, plans every session that has a
 pending request as one round through ONE engine call, `engine.plan_round(items, should_stop)`.
-A round takes at most `plan_batch_max` sessions, oldest waiting first, and a session keeps its
-place in line when a newer observation replaces its pending one, so no session waits behind more
-than one plan of another.
+A round takes at most `plan_batch_max` sessions, oldest waiting first (a session keeps its place in
+line when a newer observation replaces its pending one), and plans them cheapest first, each
+answered as soon as its plan is done; so no session waits behind more than one plan of another.
 
 Cancellation has one path. A request is cancelled when its deadline passes, its session stops, a
 newer connection of its robot supersedes it, or the service shuts down: it is answered at once
@@ -48,6 +48,7 @@ class PlanRequest:
     late: ServiceError          # the answer when the deadline passes
     work: Any                   # what the session registry needs to plan it
     done: Done
+    cost: int = 0               # what its plan costs (orders a round: cheapest first)
     cancel_reason: BaseException | None = field(default=None, repr=False)
     settled: bool = field(default=False, repr=False)
 
@@ -194,6 +195,9 @@ class PlanScheduler:
                 del self._pending[request.key]
             while self._pending and len(taken) < max(1, self.batch_max()):
                 taken.append(self._pending.popitem(last=False)[1])
+            # Cheapest plans first: each is answered as soon as it is done, so a light robot in a round
+            # with a heavy one waits for nothing but the plan that was running when it arrived.
+            taken.sort(key=lambda request: request.cost)
             self._running = taken
         for request in expired:
             self.settle(request, error=request.late)
@@ -210,10 +214,10 @@ class PlanScheduler:
             prepared.append((request, item, context))
         try:
             if prepared:
-                results = engine.plan_round([item for _, item, _ in prepared], self._round_should_stop)
                 self.rounds += 1
                 self.planned_per_round[len(prepared)] += 1
-                for (request, _, context), result in zip(prepared, results):
+                for index, result in engine.plan_round([item for _, item, _ in prepared], self._round_should_stop):
+                    request, _, context = prepared[index]
                     try:
                         self.handler.complete(engine, request, context, result)
                     except Exception as error:

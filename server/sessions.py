@@ -201,8 +201,10 @@ class SessionRegistry:
                 f"if this repeats lower the session's samples/iterations/horizon or raise {setting}")
         if not self.worker.ready:
             raise ModelUnavailable(self.worker.unavailable_reason())
+        planner = live.record.planner
         request = PlanRequest(key=live.record.id, source=source, seq=seq, token=connection, deadline=deadline,
-                              late=late, work=_ActWork(live, pixels, state, received), done=done)
+                              late=late, work=_ActWork(live, pixels, state, received), done=done,
+                              cost=planner["samples"] * planner["iterations"] * planner["horizon"])
         try:
             self.scheduler.submit(request)
         except StaleObservation:

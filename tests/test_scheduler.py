@@ -89,9 +89,9 @@ def test_newest_wins_over_http_the_older_pending_act_is_409_and_never_planned(cl
 
 def test_a_light_session_never_waits_behind_more_than_one_heavy_plan(client):
     """The heavy robot keeps three acts in flight at once (as a client with retries might): with newest-wins
-    only one of them waits, so the light robot's act is planned in the next round at the latest. While it
-    waits, at most two heavy plans finish: the one running when it arrived and one in the round it joins
-    (a FIFO queue would make it wait for every queued heavy act: three or four)."""
+    only one of them waits, and a round plans its cheapest plan first. So while a light act waits, at most
+    two heavy plans finish: the one running when it reached the scheduler, and one that started while the
+    light request was still crossing HTTP (a FIFO queue would make it wait for every queued heavy act: 3-4)."""
     heavy = new_session(client, "arm-fair-heavy", HEAVY_PLANNER, seed=6)
     light = new_session(client, "arm-fair-light", seed=7)
     answered: list[float] = []       # when each heavy plan came back (200 only)
