@@ -107,6 +107,8 @@ def _serve(args, data_dir: str):
         env["JEPA_PLAN_BUDGET"] = str(args.budget)
     root = Path(args.serve_from).resolve() if args.serve_from else Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = str(root)
+    if args.serve_from:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"   # leave the other checkout as it was
     process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--model", args.model, "--device", "cpu",
                                 "--port", str(port), "--bridge", "", "--data-dir", data_dir, "--log-level", "warning"],
                                cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
