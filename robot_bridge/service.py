@@ -1,13 +1,14 @@
 """The service side of the bridge: one ROUTER socket, each arm connects a DEALER and says hello.
 
-Threads and their jobs:
-- the I/O thread owns every socket; it validates each frame, answers hello / heartbeat / bad
-  input at once, and files each valid observation as its robot's newest pending one;
-- planner threads take a robot's newest pending observation, call the planning callback and
-  hand the reply back to the I/O thread. An observation that is overtaken by a newer one from
-  the same robot before a planner takes it is dropped and counted, never planned.
-So a slow planner never delays validation or answers to other messages, and a robot is never
-planned twice at once.
+The I/O thread owns every socket; it validates each frame, answers hello / heartbeat / bad input
+at once, and hands each valid observation to the planner with `Planner.submit` (which never
+blocks). The planner answers later through the request's `answer` callback, from its own thread;
+the reply goes through an in-process queue back to the I/O thread, which sends it only if the
+robot is still on the hello the observation came under: a plan made for an arm before it said
+hello again (restarted, seq from 1) is dropped and counted, never sent. The planner keeps
+newest-wins per robot: an observation overtaken by a newer one before it is planned is answered
+with None (nothing sent) and counted. In `jepa-planner serve` the planner is the service's plan
+scheduler; a plain blocking callback is run by `CallbackPlanner` (one thread, newest wins).
 
 Identity: a robot id belongs to the connection whose `hello` claimed it (under CURVE only a
 connection whose authenticated key, ZAP `User-Id`, is bound to that id: `security.ArmKeyBindings`).
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol, Union
 
 import numpy as np
 import zmq
@@ -56,13 +58,34 @@ log = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 PlanCallback = Callable[[str, ObservationMessage], PlanReply]
-"""plan(robot_id, observation) -> ActionMessage | HoldMessage | ErrorMessage, run on a planner thread.
+"""plan(robot_id, observation) -> ActionMessage | HoldMessage | ErrorMessage, run by `CallbackPlanner`.
 
-The service decodes the image first (`observation.image.decode()` is then free), stamps the
-reply's `seq` (and an action's `planning_ms`, the callback's wall time), and turns an exception
-into an `error` reply with code `planner_error`. Return `ErrorMessage(ErrorCode.NO_SESSION.value, ...)`
+The image is decoded first (`observation.image.decode()` is then free); the bridge stamps the
+reply's `seq` (and an action's `planning_ms`, from hand-off to answer) and an exception becomes an
+`error` reply with code `planner_error`. Return `ErrorMessage(ErrorCode.NO_SESSION.value, ...)`
 when no planning session is bound to the robot.
 """
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """One observation handed to the planner."""
+
+    robot_id: str
+    connection: int                          # the hello it came under (a new hello, a new number)
+    observation: ObservationMessage
+    answer: Callable[["PlanReply | None"], None]   # exactly once, any thread; None: superseded, nothing sent
+    hello: HelloMessage | None = None        # the hello it came under (its announced limits, camera)
+
+
+class Planner(Protocol):
+    def submit(self, request: PlanRequest) -> None:
+        """Take the request (called on the I/O thread: must not block); answer it later."""
+
+    def connection_changed(self, robot_id: str, connection: int) -> None:
+        """The robot said hello again: what its earlier connections asked for may be dropped."""
+
+
 SessionInfo = Callable[[str], "Mapping[str, str | int | float] | None"]
 
 _MONITOR_EVENTS = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -74,10 +97,8 @@ _MAX_FRAMES_PER_WAKE = 256   # bound one I/O pass so queued replies are never st
 class _Robot:
     hello: HelloMessage
     last_seen: float
+    epoch: int                 # which hello this is (a new hello, a new number): replies for an earlier one are never sent
     last_seq: int = -1
-    pending: ObservationMessage | None = None
-    queued: bool = False       # waiting in the ready queue for a planner thread
-    planning: bool = False     # a planner thread is on it now
     latest: ObservationMessage | None = None   # newest valid observation, kept for operators (read-only views)
     latest_at: float | None = None             # its wall-clock arrival time (time.time())
 
@@ -100,32 +121,28 @@ class BridgeService:
     def __init__(
         self,
         endpoint: str,
-        plan: PlanCallback,
+        plan: Union[Planner, PlanCallback],
         *,
         keys: ServerKeys | None = None,
         limits: ProtocolLimits = DEFAULT_LIMITS,
-        planner_threads: int = 2,
         session_info: SessionInfo | None = None,
         heartbeat_interval_s: float = 1.0,
         robot_timeout_s: float = 30.0,
         software: str = "jepa-planner",
     ):
         require_secure(endpoint, keys, "bridge service")
-        if planner_threads < 1:
-            raise ValueError("planner_threads must be at least 1")
         self._requested_endpoint = endpoint
-        self._plan = plan
+        self._planner: Planner = plan if hasattr(plan, "submit") else CallbackPlanner(plan)
         self._keys = keys
         self._limits = limits
-        self._planner_thread_count = planner_threads
         self._session_info = session_info
         self._heartbeat_interval_s = heartbeat_interval_s
         self._robot_timeout_s = robot_timeout_s
         self._software = software
 
         self._robots: dict[bytes, _Robot] = {}   # by robot id (UTF-8 bytes); `_connection_of` says where to reply
-        self._ready: collections.deque[bytes] = collections.deque()
-        self._work = threading.Condition()
+        self._epochs = itertools.count(1)
+        self._work = threading.Lock()   # guards _robots
         self._counts: collections.Counter[str] = collections.Counter()
         self._error_counts: collections.Counter[str] = collections.Counter()
         self._counts_lock = threading.Lock()
@@ -164,8 +181,8 @@ class BridgeService:
         self._outbox_push.connect(outbox)
         self._running = True
         self._threads = [threading.Thread(target=self._io_loop, name="bridge-io", daemon=True)]
-        self._threads += [threading.Thread(target=self._planner_loop, name=f"bridge-planner-{i}", daemon=True)
-                          for i in range(self._planner_thread_count)]
+        if isinstance(self._planner, CallbackPlanner):
+            self._planner.start()
         for thread in self._threads:
             thread.start()
         log.info("bridge listening on %s (%s)", self.endpoint, "CURVE" if self._keys else "loopback, no CURVE")
@@ -198,9 +215,9 @@ class BridgeService:
     def close(self) -> None:
         if not self._running:
             return
-        with self._work:
-            self._running = False
-            self._work.notify_all()
+        self._running = False
+        if isinstance(self._planner, CallbackPlanner):
+            self._planner.close()
         self._post(b"", b"")  # wakes the I/O thread, which sees _running is False and exits
         for thread in self._threads:
             thread.join(timeout=5.0)
@@ -266,13 +283,15 @@ class BridgeService:
         with self._counts_lock:
             self._counts[name] += amount
 
-    def _post(self, routing_id: bytes, payload: bytes) -> None:
-        """Queue a frame for the I/O thread to send (thread-safe: the lock serialises the PUSH socket)."""
+    def _post(self, robot_id: bytes, payload: bytes, epoch: int | None = None) -> None:
+        """Queue a frame for the I/O thread to send to the robot's connection (thread-safe: the lock
+        serialises the PUSH socket). With `epoch`, it is sent only while the robot is still on that hello."""
+        tag = b"" if epoch is None else str(epoch).encode()
         with self._outbox_lock:
             if self._outbox_push.closed:
                 return
             try:
-                self._outbox_push.send_multipart([routing_id, payload], zmq.NOBLOCK)
+                self._outbox_push.send_multipart([robot_id, tag, payload], zmq.NOBLOCK)
             except zmq.Again:  # the I/O thread has gone (closing): nobody left to deliver it
                 self._count("replies_undeliverable")
 
@@ -417,14 +436,16 @@ class BridgeService:
         self._heard_at.pop(connection, None)
 
     def _handle_hello(self, routing_id: bytes, hello: HelloMessage, now: float) -> None:
+        epoch = next(self._epochs)
         with self._work:
-            robot = self._robots.get(routing_id)
-            if robot is None:
-                self._robots[routing_id] = _Robot(hello=hello, last_seen=now)
-            else:  # a restarted arm: its numbering starts again; keep `planning` so it is never planned twice
-                if robot.pending is not None:
-                    self._count("observations_dropped_stale")
-                robot.hello, robot.last_seen, robot.last_seq, robot.pending = hello, now, -1, None
+            again = routing_id in self._robots
+            # A restarted arm: its numbering starts again, and nothing planned for its old hello is sent.
+            self._robots[routing_id] = _Robot(hello=hello, last_seen=now, epoch=epoch)
+        if again:
+            try:
+                self._planner.connection_changed(hello.robot_id, epoch)
+            except Exception:
+                log.exception("planner.connection_changed(%r) failed", hello.robot_id)
         self._count("hellos")
         session = None
         if self._session_info is not None:
@@ -453,23 +474,62 @@ class BridgeService:
                                     f"hello announced {expected[0]}x{expected[1]}", observation.seq)
             robot.last_seq, robot.last_seen = observation.seq, now
             robot.latest, robot.latest_at = observation, time.time()
-            if robot.pending is not None:
-                self._count("observations_dropped_stale")
-            robot.pending = observation
-            if not robot.queued and not robot.planning:
-                robot.queued = True
-                self._ready.append(routing_id)
-                self._work.notify()
+            epoch, hello = robot.epoch, robot.hello
         self._count("observations_received")
+        started = time.perf_counter()
+        request = PlanRequest(routing_id.decode(), epoch, observation,
+                              lambda reply: self._answer(routing_id, epoch, observation.seq, started, reply), hello)
+        try:
+            self._planner.submit(request)
+        except Exception as error:
+            log.exception("handing an observation of %r to the planner failed", routing_id)
+            self._answer(routing_id, epoch, observation.seq, started,
+                         ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"{type(error).__name__}: {error}"[:500]))
+
+
+    def _answer(self, routing_id: bytes, epoch: int, seq: int, started: float, reply: PlanReply | None) -> None:
+        """A request's answer (any thread): stamp and count it, then queue it for its connection only."""
+        if reply is None:
+            self._count("observations_dropped_stale")
+            return
+        self._count("observations_planned")
+        if isinstance(reply, ActionMessage):
+            self._count("actions_sent")
+            reply = dataclasses.replace(reply, seq=seq, planning_ms=(time.perf_counter() - started) * 1000.0)
+        elif isinstance(reply, HoldMessage):
+            self._count("holds_sent")
+            reply = dataclasses.replace(reply, seq=seq)
+        elif isinstance(reply, ErrorMessage):
+            if reply.code == ErrorCode.PLANNER_ERROR.value:
+                self._count("planner_errors")
+            self._count_error_code(reply.code)
+            reply = dataclasses.replace(reply, seq=seq)
+        else:
+            self._count("planner_errors")
+            reply = ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"planner returned {type(reply).__name__}", seq)
+        try:
+            payload = encode(reply)
+        except ValueError as error:  # the reply cannot be sent (e.g. NaN target)
+            self._count("planner_errors")
+            payload = encode(ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"unsendable plan: {error}"[:200], seq))
+        self._post(routing_id, payload, epoch)
 
     def _send_outbox(self) -> None:
         for _ in range(_MAX_FRAMES_PER_WAKE):
             try:
-                routing_id, payload = self._outbox_pull.recv_multipart(zmq.NOBLOCK)
+                robot_id, epoch, payload = self._outbox_pull.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if routing_id:
-                self._send_to_robot(routing_id, payload)
+            if not robot_id:
+                continue
+            if epoch:
+                with self._work:
+                    robot = self._robots.get(robot_id)
+                    current = robot is not None and str(robot.epoch).encode() == epoch
+                if not current:  # planned for an earlier hello of this robot (or a forgotten one): never sent
+                    self._count("replies_for_old_connection")
+                    continue
+            self._send_to_robot(robot_id, payload)
 
     def _send_to_robot(self, robot_id: bytes, payload: bytes) -> None:
         """Deliver to the connection that said hello for `robot_id` (none: undeliverable)."""
@@ -511,8 +571,7 @@ class BridgeService:
     def _forget_silent_robots(self) -> None:
         deadline = time.monotonic() - self._robot_timeout_s
         with self._work:
-            silent = [rid for rid, robot in self._robots.items()
-                      if robot.last_seen < deadline and not robot.planning and not robot.queued]
+            silent = [rid for rid, robot in self._robots.items() if robot.last_seen < deadline]
             for routing_id in silent:
                 del self._robots[routing_id]
         for routing_id in silent:
@@ -521,63 +580,6 @@ class BridgeService:
             if connection is not None and self._robot_of.get(connection) == routing_id:
                 self._unbind(connection)
             log.info("forgot silent arm %r", routing_id)
-
-    # -- planner threads --------------------------------------------------------------------
-
-    def _planner_loop(self) -> None:
-        while True:
-            with self._work:
-                while self._running and not self._ready:
-                    self._work.wait()
-                if not self._running:
-                    return
-                routing_id = self._ready.popleft()
-                robot = self._robots.get(routing_id)
-                if robot is None or robot.pending is None:
-                    continue
-                observation, robot.pending = robot.pending, None
-                robot.queued, robot.planning = False, True
-            try:
-                payload = encode(self._plan_one(routing_id.decode(), observation))
-            except ValueError as error:  # the callback's reply cannot be sent (e.g. NaN target)
-                self._count("planner_errors")
-                payload = encode(ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"unsendable plan: {error}"[:200],
-                                              observation.seq))
-            self._post(routing_id, payload)
-            with self._work:
-                robot.planning = False
-                if robot.pending is not None and not robot.queued and self._robots.get(routing_id) is robot:
-                    robot.queued = True
-                    self._ready.append(routing_id)
-                    self._work.notify()
-
-    def _plan_one(self, robot_id: str, observation: ObservationMessage) -> PlanReply:
-        try:
-            observation.image.decode()
-        except ProtocolError as error:
-            self._count_error_code(error.code.value)
-            return ErrorMessage(error.code.value, error.message, observation.seq)
-        started = time.perf_counter()
-        try:
-            reply = self._plan(robot_id, observation)
-        except Exception as error:
-            log.exception("planning for %s failed", robot_id)
-            self._count("planner_errors")
-            return ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"{type(error).__name__}: {error}"[:500],
-                                observation.seq)
-        self._count("observations_planned")
-        if isinstance(reply, ActionMessage):
-            self._count("actions_sent")
-            return dataclasses.replace(reply, seq=observation.seq,
-                                       planning_ms=(time.perf_counter() - started) * 1000.0)
-        if isinstance(reply, HoldMessage):
-            self._count("holds_sent")
-            return dataclasses.replace(reply, seq=observation.seq)
-        if isinstance(reply, ErrorMessage):
-            self._count_error_code(reply.code)
-            return dataclasses.replace(reply, seq=observation.seq)
-        self._count("planner_errors")
-        return ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"planner returned {type(reply).__name__}", observation.seq)
 
     def _count_error_code(self, code: str) -> None:
         with self._counts_lock:
@@ -589,5 +591,69 @@ _COUNTER_NAMES = (
     "observations_received", "observations_dropped_stale", "observations_planned", "actions_sent",
     "holds_sent", "stops_sent", "planner_errors", "replies_undeliverable", "arm_errors_received",
     "connections_accepted", "disconnections", "handshake_failures", "robot_id_not_bound",
-    "robot_connections_replaced", "robot_id_in_use",
+    "robot_connections_replaced", "robot_id_in_use", "replies_for_old_connection",
 )
+
+
+class CallbackPlanner:
+    """Runs a blocking `PlanCallback` for the bridge on one thread of its own (the planner, like a model
+    worker), newest wins per robot: for standalone bridges and tests. `jepa-planner serve` submits to
+    its plan scheduler instead."""
+
+    def __init__(self, plan: PlanCallback):
+        self._plan = plan
+        self._wake = threading.Condition()
+        self._pending: "collections.OrderedDict[str, PlanRequest]" = collections.OrderedDict()
+        self._running = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="bridge-callback-planner", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        with self._wake:
+            self._running = False
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def submit(self, request: PlanRequest) -> None:
+        with self._wake:
+            older = self._pending.get(request.robot_id)
+            self._pending[request.robot_id] = request   # a replaced request keeps the robot's place in line
+            self._wake.notify()
+        if older is not None:
+            older.answer(None)
+
+    def connection_changed(self, robot_id: str, connection: int) -> None:
+        with self._wake:
+            older = self._pending.get(robot_id)
+            if older is None or older.connection == connection:
+                return
+            del self._pending[robot_id]
+        older.answer(None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while self._running and not self._pending:
+                    self._wake.wait()
+                if not self._running:
+                    return
+                _, request = self._pending.popitem(last=False)
+            request.answer(self._plan_one(request))
+
+    def _plan_one(self, request: PlanRequest) -> PlanReply:
+        observation = request.observation
+        try:
+            observation.image.decode()
+        except ProtocolError as error:
+            return ErrorMessage(error.code.value, error.message, observation.seq)
+        try:
+            return self._plan(request.robot_id, observation)
+        except Exception as error:
+            log.exception("planning for %s failed", request.robot_id)
+            return ErrorMessage(ErrorCode.PLANNER_ERROR.value, f"{type(error).__name__}: {error}"[:500],
+                                observation.seq)

@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "batch": ("planner.batch_bench", "plans/s of N sessions planned together vs one after another"),
     "fleet": ("robot_bridge.fleet_bench", "N simulated robots over the bridge: batched vs one session at a time"),
     "post-train": ("world_model.training.latent_bench", "post-training steps/s and peak memory with/without the latent cache"),
+    "scheduler": ("server.bench_scheduler", "victim act latency beside a heavy robot; SIGTERM during a long plan"),
 }
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

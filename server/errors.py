@@ -74,3 +74,7 @@ class StorageUnusable(Exception):
 
         return cls(f"the database {data_dir / DB_NAME} is unusable ({problem}): restore it from a backup, or move "
                    "it aside to start with an empty one (its goals and sessions are then lost)")
+
+
+class ShuttingDown(ServiceError):
+    status, code = 503, "shutting_down"

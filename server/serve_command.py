@@ -108,14 +108,24 @@ def _serve(service) -> int:
             return EXIT_FAILURE
     config = uvicorn_config(create_app(service), settings, host=settings.host, port=settings.port,
                             log_level=settings.log_level, timeout_graceful_shutdown=10)
-    server = _Server(config)
+    server = _Server(config, on_exit=service.begin_shutdown)
     server.run()
     return EXIT_OK if server.started else EXIT_FAILURE
 
 
 class _Server(uvicorn.Server):
     """uvicorn, except that SIGINT/SIGTERM end `run()` normally (exit code 0 after a clean
-    shutdown) instead of being re-raised once the server has stopped."""
+    shutdown) instead of being re-raised once the server has stopped, and first call `on_exit`
+    (cancel planning, so in-flight acts answer 503 at once instead of holding the shutdown)."""
+
+    def __init__(self, config: uvicorn.Config, on_exit=lambda: None):
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig, frame) -> None:
+        # On its own thread: the signal may arrive while this (main) thread holds a lock on_exit needs.
+        threading.Thread(target=self._on_exit, name="begin-shutdown", daemon=True).start()
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self):

@@ -1,5 +1,5 @@
-"""Everything one running service owns: settings, storage, the model worker, goals, sessions, metrics
-and the ZeroMQ bridge. The HTTP app and `jepa-planner serve` share one instance."""
+"""Everything one running service owns: settings, storage, the model worker and its plan scheduler,
+goals, sessions, metrics and the ZeroMQ bridge. The HTTP app and `jepa-planner serve` share one instance."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +11,7 @@ from .engine import Engine
 from .goals import GoalLibrary
 from .images import DecodeLimiter
 from .metrics import ServiceMetrics
+from .scheduler import PlanScheduler
 from .schemas import parse_state
 from .sessions import ActOutcome, PlannerValidator, SessionRegistry
 from .settings import ServerSettings
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 
 EngineLoader = Callable[[ServerSettings], Engine]
 
+# At close, how long to wait for the model worker: a cancelled plan ends at its next CEM iteration (within
+# one budgeted plan), a model still loading is left behind (daemon thread), so SIGTERM ends within ~10 s.
+_WORKER_STOP_S = 8.0
+
 
 class PlanningService:
     def __init__(self, settings: ServerSettings, load_engine: EngineLoader, validate_planner: PlannerValidator):
@@ -30,9 +35,11 @@ class PlanningService:
         self.storage = Storage(settings.data_dir)
         self.worker: ModelWorker[Engine] = ModelWorker()
         self.decoder = DecodeLimiter(settings.max_image_pixels, settings.max_concurrent_decodes, settings.decode_wait_s)
+        self.scheduler = PlanScheduler(self.worker, self.metrics, lambda: self.settings.plan_batch_max)
         self.goals = GoalLibrary(self.storage, self.worker, self.decoder)
-        self.sessions = SessionRegistry(self.storage, self.worker, self.goals, self.metrics, validate_planner)
-        self.metrics.worker_queue.set_function(lambda: self.worker.queued)
+        self.sessions = SessionRegistry(self.storage, self.worker, self.scheduler, self.goals, self.metrics,
+                                        validate_planner)
+        self.metrics.worker_queue.set_function(lambda: self.worker.queued + self.scheduler.depth)
         self.metrics.model_ready.set_function(lambda: 1.0 if self.worker.ready else 0.0)
         self._stoppers: list[Callable[[], Any]] = []
         self.bridge: Any = None  # the ZeroMQ BridgeService when one runs (set by bridge_link.start_bridge)
@@ -47,22 +54,28 @@ class PlanningService:
         """Register cleanup to run at close (first registered, last run)."""
         self._stoppers.append(stopper)
 
+    def begin_shutdown(self) -> None:
+        """At SIGTERM, before the HTTP server drains: waiting and running plans are cancelled (their acts
+        answer 503 shutting_down, nothing is recorded) and new acts are refused. Safe to call twice."""
+        self.scheduler.close()
+
     def close(self) -> None:
-        """Stop the bridge and other registered parts, the worker, then storage. Safe to call twice."""
+        """Stop planning, the bridge and other registered parts, the worker, then storage. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
+        self.scheduler.close()
         for stopper in reversed(self._stoppers):
             try:
                 stopper()
             except Exception:
                 log.exception("error while stopping %r", stopper)
         self._stoppers.clear()
-        self.worker.stop()
+        self.worker.stop(timeout=_WORKER_STOP_S)
         self.storage.close()
 
     async def act(self, session_id: str, image_bytes: bytes, state_text: str, seq: int | None) -> ActOutcome:
-        """HTTP act: validate the state and the image (off the event loop), then plan on the worker,
+        """HTTP act: validate the state and the image (off the event loop), then plan through the scheduler,
         all within `settings.act_timeout_s` of arrival (ActTimeout after it)."""
         received = time.perf_counter()
         self.sessions.get(session_id)  # 404 before any decoding work

@@ -2,9 +2,11 @@
 
 A session drives one robot towards a goal (or a schedule of sub-goals). Its planner state (warm
 start) lives in memory; its record and every step live in storage, so a restart keeps the history
-and the session simply resumes with a cold planner. All planning runs on the model worker, one job
-at a time; a job that fails answers its own caller with an error and leaves every other session alone.
-An act whose caller stopped waiting (its deadline passed) leaves its session as if it never came.
+and the session simply resumes with a cold planner. Every act, HTTP or bridge, is one request to the
+plan scheduler (server/scheduler.py), which plans it on the model worker; a plan that fails answers
+its own caller with an error and leaves every other session alone. A plan that is cancelled (its
+deadline passed, its session stopped, its robot reconnected, the service is shutting down) leaves
+its session as if the observation never came: no step, no seq, warm start and sub-goal put back.
 """
 from __future__ import annotations
 
@@ -13,17 +15,16 @@ import dataclasses
 import logging
 import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from .engine import Engine, PlanStep, SessionPlanner
-from .errors import ActTimeout, Conflict, InvalidInput, NotFound, ServiceError, StaleObservation
+from .engine import Engine, PlanStep, RoundItem, SessionPlanner
+from .errors import ActTimeout, Conflict, InvalidInput, ModelUnavailable, NotFound, ServiceError, StaleObservation
 from .goals import GoalLibrary
 from .metrics import ServiceMetrics
+from .scheduler import PlanRequest, PlanScheduler
 from .storage import ACTIVE, SessionRecord, StepRecord, Storage, new_id
 from .worker import ModelWorker
 
@@ -49,34 +50,27 @@ class ActOutcome:
 class _LiveSession:
     record: SessionRecord
     planner: SessionPlanner | None = None  # built on the worker at the first act
+    seq_token: Any = None                  # the connection last_seq was counted on (bridge hello epoch; None: HTTP)
 
 
-class _ActClaim:
-    """Who settles one act: the worker when its plan is ready (the plan is applied), or the caller at
-    its deadline (the plan will be discarded). The first to claim wins, so a plan is never applied
-    after its caller has answered the robot with a timeout."""
+@dataclass(frozen=True)
+class _ActWork:
+    """What a plan request carries for the registry."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._winner: str | None = None
-
-    def apply(self) -> bool:
-        return self._claim("worker")
-
-    def abandon(self) -> bool:
-        return self._claim("caller")
-
-    def _claim(self, who: str) -> bool:
-        with self._lock:
-            self._winner = self._winner or who
-            return self._winner == who
+    live: _LiveSession
+    pixels: np.ndarray | Callable[[], np.ndarray]   # the bridge decodes on the model thread, not its I/O thread
+    state: list[float]
+    received: float                                  # perf_counter() at arrival (total_ms)
+    arm_limits: Any = None                           # planner.controller.ArmLimits the arm announced (bridge)
 
 
 class SessionRegistry:
-    def __init__(self, storage: Storage, worker: ModelWorker[Engine], goals: GoalLibrary,
+    def __init__(self, storage: Storage, worker: ModelWorker[Engine], scheduler: PlanScheduler, goals: GoalLibrary,
                  metrics: ServiceMetrics, validate_planner: PlannerValidator):
         self.storage = storage
         self.worker = worker
+        self.scheduler = scheduler
+        scheduler.handler = self
         self.goals = goals
         self.metrics = metrics
         self.validate_planner = validate_planner
@@ -130,6 +124,8 @@ class SessionRegistry:
         record = self.storage.stop_session(session_id)
         self._update_gauge()
         assert record is not None
+        if was_active:  # a plan being made for it ends at its next CEM iteration and records nothing
+            self.scheduler.cancel(session_id, Conflict(f"session {session_id!r} was stopped", code="session_stopped"))
         for listener in self.stop_listeners if was_active else ():
             try:
                 listener(record)
@@ -149,102 +145,171 @@ class SessionRegistry:
     # robot side
     async def act(self, session_id: str, pixels: np.ndarray, state: list[float], seq: int | None,
                   received: float | None = None, timeout: float | None = None) -> ActOutcome:
-        """`received`: perf_counter() when the request arrived (for total_ms and the deadline); now if
-        not given. `timeout`: seconds from `received` before ActTimeout; a later plan is discarded."""
+        """HTTP act. `received`: perf_counter() when the request arrived (for total_ms and the deadline);
+        now if not given. `timeout`: seconds from `received` before ActTimeout (the plan is cancelled)."""
         received = received or time.perf_counter()
         live = self._live_for_act(session_id, seq)
-        claim = _ActClaim()
-        future = self.worker.submit(self._act_job, live, claim, pixels, state, seq, "http", received)
-        remaining = None if timeout is None else timeout - (time.perf_counter() - received)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), remaining)
-        except asyncio.TimeoutError:
-            if not self._give_up(future, claim, "http"):
-                return await asyncio.wrap_future(future)
-        raise ActTimeout(
-            f"no plan within {timeout:g} s (JEPA_ACT_TIMEOUT_S): the model worker is busy or this session's planner "
-            "is too slow for the device. The plan was discarded and the session is unchanged; send a fresh "
-            "observation, and if this repeats lower the session's samples/iterations/horizon or raise JEPA_ACT_TIMEOUT_S")
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future = loop.create_future()
 
-    def act_for_robot(self, robot_id: str, pixels: np.ndarray, state: list[float], seq: int | None,
-                      timeout: float | None = None, arm_limits: Any = None) -> ActOutcome | None:
-        """Bridge entry (blocking, any thread): None when the robot has no active session.
-        Raises concurrent.futures.TimeoutError after `timeout` s; a later plan is discarded.
-        `arm_limits`: the limits the arm announced (bridge_link.planner_limits_from_hello), planned within."""
+        def done(outcome: ActOutcome | None, error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle_future, answer, outcome, error)
+
+        request = self.submit(live, pixels, state, seq, None, "http", received, timeout, done)
+        try:
+            return await answer
+        except asyncio.CancelledError:  # the caller went away: nothing may be recorded for it
+            self.scheduler.cancel_request(request, ActTimeout("the caller stopped waiting"))
+            raise
+
+    def submit_for_robot(self, robot_id: str, pixels: Callable[[], np.ndarray], state: list[float], seq: int,
+                         connection: Any, timeout: float, done, arm_limits: Any = None) -> bool:
+        """Bridge act (the bridge's I/O thread; never blocks): False when the robot has no active session.
+        `connection` is the robot's hello epoch: seq freshness is per connection, and a newer connection
+        cancels what an older one asked for (see `connection_changed`)."""
         with self._lock:
             live = self._active_for_robot(robot_id)
         if live is None:
-            return None
-        # The bridge orders observations per connection itself (and an arm restart restarts its
-        # numbering), so its seq is recorded but not re-checked here.
-        claim = _ActClaim()
-        future = self.worker.submit(self._act_job, live, claim, pixels, state, seq, "bridge", time.perf_counter(),
-                                    arm_limits)
-        try:
-            return future.result(timeout)
-        except FutureTimeout:
-            if not self._give_up(future, claim, "bridge"):
-                return future.result()
-            raise
-
-    def _give_up(self, future: Future, claim: _ActClaim, source: str) -> bool:
-        """At the caller's deadline: True when the act is abandoned (a queued job never runs, a running
-        one discards its plan); False when the plan was applied just in time (its answer is moments away)."""
-        future.cancel()
-        if not claim.abandon():
             return False
-        self.metrics.act_timeouts.labels(source).inc()
+        self.submit(live, pixels, state, seq, connection, "bridge", time.perf_counter(), timeout, done, arm_limits)
         return True
+
+    def connection_changed(self, robot_id: str, connection: Any) -> None:
+        """A robot said hello again (restarted): plans asked for by its older connections are cancelled."""
+        with self._lock:
+            live = self._active_for_robot(robot_id)
+        if live is not None:
+            self.scheduler.cancel(live.record.id, StaleObservation(
+                "the robot connected again; plans for its earlier connection are discarded"), keep_token=connection)
+
+    def plan_timeout_for(self, robot_id: str, floor_s: float, factor: float) -> float:
+        """A plan deadline sized to the session's planner: at least `floor_s`, and `factor` x its last plan time."""
+        record = self.active_for_robot(robot_id)
+        last_plan_s = (record.last_plan_ms or 0.0) / 1000.0 if record is not None else 0.0
+        return max(floor_s, factor * last_plan_s)
+
+    def submit(self, live: _LiveSession, pixels, state: list[float], seq: int | None, connection: Any, source: str,
+               received: float, timeout: float | None, done, arm_limits: Any = None) -> PlanRequest:
+        """One plan request to the scheduler, with its deadline `timeout` s after `received`; `arm_limits`:
+        what the arm announced in its hello, planned within (bridge_link.planner_limits_from_hello)."""
+        if timeout is None:
+            deadline, late = float("inf"), ActTimeout("no deadline")
+        else:
+            deadline = time.monotonic() + timeout - (time.perf_counter() - received)
+            setting = "JEPA_ACT_TIMEOUT_S" if source == "http" else "JEPA_BRIDGE_PLAN_TIMEOUT_S"
+            late = ActTimeout(
+                f"no plan within {timeout:g} s ({setting}): the device is busy or this session's planner is too "
+                "slow for it. The plan was discarded and the session is unchanged; send a fresh observation, and "
+                f"if this repeats lower the session's samples/iterations/horizon or raise {setting}")
+        if not self.worker.ready:
+            raise ModelUnavailable(self.worker.unavailable_reason())
+        planner = live.record.planner
+        request = PlanRequest(key=live.record.id, source=source, seq=seq, token=connection, deadline=deadline,
+                              late=late, work=_ActWork(live, pixels, state, received, arm_limits), done=done,
+                              cost=planner["samples"] * planner["iterations"] * planner["horizon"])
+        try:
+            self.scheduler.submit(request)
+        except StaleObservation:
+            if source == "http":
+                self.metrics.count_stale_http()
+            raise
+        return request
 
     def _live_for_act(self, session_id: str, seq: int | None) -> _LiveSession:
         live = self._live.get(session_id)
         if live is None:
             self.get(session_id)  # 404 when unknown
             raise Conflict(f"session {session_id!r} is stopped", code="session_stopped")
-        self._check_fresh(live, seq)
+        if self._is_stale(live, seq, None):
+            self.metrics.count_stale_http()
+            raise StaleObservation(f"observation seq {seq} is not newer than {live.record.last_seq}; dropped")
         return live
 
-    def _check_fresh(self, live: _LiveSession, seq: int | None) -> None:
+    @staticmethod
+    def _is_stale(live: _LiveSession, seq: int | None, connection: Any) -> bool:
+        """The one freshness rule: a seq not above the last one planned on the same connection is stale."""
         last = live.record.last_seq
-        if seq is not None and last is not None and seq <= last:
-            self.metrics.count_stale_http()
-            raise StaleObservation(f"observation seq {seq} is not newer than {last}; dropped")
+        return seq is not None and last is not None and live.seq_token == connection and seq <= last
 
-    def _act_job(self, engine: Engine, live: _LiveSession, claim: _ActClaim, pixels: np.ndarray, state: list[float],
-                 seq: int | None, source: str, received: float, arm_limits: Any = None) -> ActOutcome:
-        """Worker thread: encode, plan, record. Re-checks freshness: jobs may have queued out of order.
-        A plan whose caller gave up is not recorded, and the planner is put back as it was before it."""
+    # the plan scheduler's side of a round (model worker thread)
+    def prepare(self, engine: Engine, request: PlanRequest) -> tuple[RoundItem, tuple[Any, float]]:
+        """Check the request still stands, build the session's planner at its first act, encode."""
+        work: _ActWork = request.work
+        live = work.live
         if live.record.id not in self._live:
             raise Conflict(f"session {live.record.id!r} was stopped", code="session_stopped")
-        if source == "http":
-            self._check_fresh(live, seq)
-        started = time.perf_counter()
+        if self._is_stale(live, request.seq, request.token):
+            raise StaleObservation(f"observation seq {request.seq} is not newer than {live.record.last_seq}; dropped")
+        pixels = work.pixels() if callable(work.pixels) else work.pixels  # a bad image fails this request only
         try:
             if live.planner is None:
+                engine.check_planner(live.record.planner)  # limits the model sets (horizon, budget), when it loaded late
                 live.planner = self.build_planner(engine, live.record)
-            before = live.planner.snapshot()
-            plan: PlanStep = live.planner.step(engine.encode(pixels), state, arm_limits)
+            started = time.perf_counter()
+            latent = engine.encode(pixels)
         except ServiceError:
             raise
         except Exception:
-            self.metrics.plan_failures.labels(source).inc()
-            log.exception("planning failed for session %s (robot %s)", live.record.id, live.record.robot_id)
+            self.metrics.plan_failures.labels(request.source).inc()
+            log.exception("preparing a plan failed for session %s (robot %s)", live.record.id, live.record.robot_id)
             raise
-        plan_seconds = time.perf_counter() - started
-        total_ms = (time.perf_counter() - received) * 1000.0
+        encode_seconds = time.perf_counter() - started
+        item = RoundItem(planner=live.planner, latent=latent, state=work.state, should_stop=request.should_stop,
+                         arm_limits=work.arm_limits)
+        return item, (live.planner.snapshot(), encode_seconds)
+
+    def complete(self, engine: Engine, request: PlanRequest, context: tuple[Any, float], result: Any) -> None:
+        """Apply the round's plan for `request` (record the step, answer) or discard it and answer why."""
+        from planner.search import PlanCancelled
+
+        work: _ActWork = request.work
+        live, (before, encode_seconds) = work.live, context
+        if isinstance(result, PlanCancelled):  # the controller put itself back
+            self.scheduler.settle(request, error=self.scheduler.why_stopped(request))
+            return
+        if isinstance(result, BaseException):
+            live.planner.restore(before)
+            if not isinstance(result, ServiceError):
+                self.metrics.plan_failures.labels(request.source).inc()
+                log.error("planning failed for session %s (robot %s)", live.record.id, live.record.robot_id,
+                          exc_info=result)
+            self.scheduler.settle(request, error=result)
+            return
+        plan: PlanStep = result
         if not (np.all(np.isfinite(plan.action)) and np.isfinite(plan.energy)):
             live.planner.restore(before)  # this plan never reaches the robot either
-            self.metrics.plan_failures.labels(source).inc()
-            raise InvalidInput("the planner produced a non-finite action; holding", code="plan_not_finite")
-        if not claim.apply():
-            live.planner.restore(before)
-            log.warning("session %s: discarded a plan that took %.1f s, after its caller's deadline",
-                        live.record.id, plan_seconds)
-            raise ActTimeout("the caller stopped waiting; the plan was discarded")
+            self.metrics.plan_failures.labels(request.source).inc()
+            self.scheduler.settle(request, error=InvalidInput("the planner produced a non-finite action; holding",
+                                                              code="plan_not_finite"))
+            return
+        plan_seconds = encode_seconds + plan.plan_ms / 1000.0
+        # Under the registry lock, so a stop either comes first (nothing recorded, the plan is discarded) or
+        # after this plan was answered (its reply is queued before the stop message).
+        with self._lock:
+            if live.record.id not in self._live:
+                live.planner.restore(before)
+                self.scheduler.settle(request, error=Conflict(f"session {live.record.id!r} was stopped",
+                                                              code="session_stopped"))
+                return
+            if not self.scheduler.claim(request):
+                live.planner.restore(before)
+                log.warning("session %s: discarded a plan that took %.1f s (%s)", live.record.id, plan_seconds,
+                            self.scheduler.why_stopped(request))
+                self.scheduler.settle(request, error=self.scheduler.why_stopped(request))
+                return
+            outcome = self._record(live, request, plan, plan_seconds)
+            try:
+                request.done(outcome, None)
+            except Exception:
+                log.exception("completion callback of a %s plan failed", request.source)
+
+    def _record(self, live: _LiveSession, request: PlanRequest, plan: PlanStep, plan_seconds: float) -> ActOutcome:
+        seq = request.seq
+        total_ms = (time.perf_counter() - request.work.received) * 1000.0
         step = StepRecord(
-            session_id=live.record.id, step=live.record.steps + 1, seq=seq, source=source, received_at=time.time(),
-            goal_index=plan.goal_index, action=[float(v) for v in plan.action], energy=float(plan.energy),
-            plan_ms=plan_seconds * 1000.0, total_ms=total_ms,
+            session_id=live.record.id, step=live.record.steps + 1, seq=seq, source=request.source,
+            received_at=time.time(), goal_index=plan.goal_index, action=[float(v) for v in plan.action],
+            energy=float(plan.energy), plan_ms=plan_seconds * 1000.0, total_ms=total_ms,
         )
         self.storage.record_step(step)
         live.record = dataclasses.replace(
@@ -252,9 +317,11 @@ class SessionRegistry:
             last_seq=seq if seq is not None else live.record.last_seq, last_energy=step.energy,
             last_action=step.action, last_plan_ms=step.plan_ms,
         )
-        self.metrics.planning_seconds.labels(source).observe(plan_seconds)
+        if seq is not None:
+            live.seq_token = request.token
+        self.metrics.planning_seconds.labels(request.source).observe(plan_seconds)
         self.metrics.energy.observe(step.energy)
-        self.metrics.actions.labels(source).inc()
+        self.metrics.actions.labels(request.source).inc()
         return ActOutcome(
             session_id=step.session_id, step=step.step, seq=seq, action=step.action,
             target_pose=None if plan.target_pose is None else [float(v) for v in plan.target_pose],
@@ -271,3 +338,12 @@ class SessionRegistry:
 
     def _update_gauge(self) -> None:
         self.metrics.active_sessions.set(len(self._live))
+
+
+def _settle_future(future: asyncio.Future, outcome: Any, error: BaseException | None) -> None:
+    if future.done():  # the awaiting act was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(outcome)

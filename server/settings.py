@@ -33,6 +33,13 @@ _FILE_KEYWORD = {TomlConfigSettingsSource: "toml_file", YamlConfigSettingsSource
                  JsonConfigSettingsSource: "json_file"}
 
 
+# The compute budget of one plan, in token-rollouts: samples x iterations x horizon x tokens per frame of the
+# loaded model. The rule: what the device rolls out in about 3 s. The default, 256 x 10 x 4 x 16 (the demo
+# model has 16 tokens per frame), is ~3.2 s of one thread of the 2-core dev CPU (`bench plan --threads 1`
+# does 40,960 in 0.80 s). Raise it for a faster device (README "Compute budget").
+DEFAULT_PLAN_BUDGET = 256 * 10 * 4 * 16
+
+
 class SettingsError(ValueError):
     """The configuration cannot be used; the message says what to change."""
 
@@ -61,6 +68,9 @@ class ServerSettings(BaseSettings):
     bridge_plan_timeout_s: float = Field(60.0, gt=0, description="longest a bridge observation waits for its plan")
     act_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False,
                                  description="longest an HTTP act may take from arrival; a later plan is discarded")
+    plan_budget: int = Field(DEFAULT_PLAN_BUDGET, gt=0, description="most one plan may cost: samples x iterations x horizon x "
+                                                        "tokens per frame of the loaded model (more is refused, 422)")
+    plan_batch_max: int = Field(32, ge=1, description="most sessions planned in one scheduler round (1: one at a time)")
     data_dir: Path = Field(default_factory=default_data_dir, description="goals, latents and session history")
     api_key: SecretStr | None = Field(None, description="required in X-API-Key (or Authorization: Bearer) when set")
     max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest accepted request body")

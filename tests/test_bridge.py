@@ -122,7 +122,7 @@ def test_stop_holds_at_once_and_ends_the_loop():
 
 def test_service_plans_only_the_newest_observation_per_robot():
     planner = StepPlanner(delay_s=0.06)   # slower than the 50 Hz stream
-    with BridgeService(LOOPBACK, planner, planner_threads=2) as service, \
+    with BridgeService(LOOPBACK, planner) as service, \
             ArmClient(PointArm(), service.endpoint, "arm-1", 50.0, LIMITS) as client:
         client.run(max_steps=30)
         wait_until(lambda: service.stats()["observations_planned"] + service.stats()["observations_dropped_stale"]

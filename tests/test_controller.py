@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from planner.config import PlannerConfig
 from planner.controller import RecedingHorizonController, SubGoal
 from planner.noise import RecordedNoise
+from planner.search import PlanCancelled
 from test_planner_sanity import BlobWorld
 
 FAST = dict(horizon=1, samples=16, topk=4, iterations=2)
@@ -181,3 +182,28 @@ def test_controller_plans_on_the_real_world_model_from_images(reference_folder):
         assert step.action[:3].abs().max() <= config.maxnorm
         assert torch.isfinite(step.target_pose).all() and math.isfinite(step.energy)
     assert controller.warm_start is not None and controller.warm_start.mean.shape == (2, 4)
+
+
+@pytest.mark.parametrize("optimizer", ["cem", "icem", "mppi"])
+def test_a_cancelled_step_stops_between_iterations_and_leaves_the_controller_as_it_was(optimizer):
+    world = BlobWorld()
+    config = PlannerConfig(horizon=2, samples=16, topk=4, iterations=5, optimizer=optimizer)
+    goals = [SubGoal(blob(world, (0.55, 0.0, 0.3)), max_steps=1), SubGoal(blob(world, (0.6, 0.0, 0.3)))]
+    controller = RecedingHorizonController(world, config, goals)
+    controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)))  # one step done: the next moves on to goal 1
+    before = (controller.goal_index, controller.steps_on_goal, controller.warm_start)
+    asked = []
+
+    def stop_after_two_iterations() -> bool:
+        asked.append(len(world.calls))
+        return len(asked) > 2
+
+    world.calls.clear()
+    with pytest.raises(PlanCancelled):
+        controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)), should_stop=stop_after_two_iterations)
+    # asked before any model call, then once between iterations (each iteration calls the model), and the
+    # search ended at the third ask
+    assert len(asked) == 3 and asked[0] == 0 and asked == sorted(set(asked)), asked
+    assert (controller.goal_index, controller.steps_on_goal) == before[:2] and controller.warm_start is before[2]
+    # A step that is not stopped still plans normally afterwards (and then moves on to goal 1).
+    assert controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)), should_stop=lambda: False).goal_index == 1

@@ -2,6 +2,7 @@
 and genuinely slow plans: a late act answers 504 and leaves its session as if it never came."""
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -54,13 +55,26 @@ def test_late_act_is_504_and_its_plan_is_discarded(server, client):
     first = act(client, slow, seq=1)
     assert first.status_code == 200 and first.json()["goal_index"] == 0, first.text
 
+    busy = client.post("/v1/sessions", json={"robot_id": "arm-busy", "goal_id": goals[0],
+                                             "planner": SLOW_PLANNER}).json()["id"]
     # The setting is read per act, so the operator's deadline can be tightened on the live server.
     server.service.settings.act_timeout_s = TIGHT_DEADLINE_S
     try:
-        running_late = act(client, slow, seq=2)  # its plan runs on after the answer
-        queued_behind = act(client, fast, seq=1)  # waits behind that plan and leaves the queue unplanned
+        running_late = act(client, slow, seq=2)  # its plan stops at the next CEM iteration after the deadline
     finally:
         server.service.settings.act_timeout_s = GENEROUS_DEADLINE_S
+    occupying = threading.Thread(target=act, args=(client, busy))  # holds the device, within its deadline
+    occupying.start()
+    deadline = time.monotonic() + 30
+    while metric(client, "jepa_worker_queue_depth") < 1:
+        assert time.monotonic() < deadline, "the busy plan never started"
+        time.sleep(0.01)
+    server.service.settings.act_timeout_s = TIGHT_DEADLINE_S
+    try:
+        queued_behind = act(client, fast, seq=1)  # waits behind that plan past its deadline: never planned
+    finally:
+        server.service.settings.act_timeout_s = GENEROUS_DEADLINE_S
+    occupying.join(60)
     for response in (running_late, queued_behind):
         message = assert_error(response, 504, "act_timeout")["message"]
         assert f"{TIGHT_DEADLINE_S:g} s" in message and "JEPA_ACT_TIMEOUT_S" in message
@@ -80,7 +94,7 @@ def test_late_act_is_504_and_its_plan_is_discarded(server, client):
     assert retried.status_code == 200, retried.text
     assert (retried.json()["step"], retried.json()["seq"], retried.json()["goal_index"]) == (2, 2, 1)
     assert act(client, fast, seq=1).status_code == 200
-    assert metric(client, 'jepa_actions_total{source="http"}') == 3
+    assert metric(client, 'jepa_actions_total{source="http"}') == 4   # slow x2, busy, fast
     assert metric(client, 'jepa_act_timeouts_total{source="http"}') == 2
 
 

@@ -85,3 +85,55 @@ def test_unloadable_model_fails_readiness_with_the_reason_while_health_stays_up(
         process.terminate()
         process.communicate(timeout=60)
     assert process.returncode == 0
+
+
+def test_sigterm_during_a_long_plan_exits_within_the_grace_with_a_json_503_and_records_no_step(tmp_path):
+    """A plan of tens of seconds is running when SIGTERM comes: the act answers 503 shutting_down (JSON),
+    the process exits within the ~10 s grace, and no step is recorded for the answer the client never got."""
+    from server.storage import Storage
+    from test_api import STATE, png_bytes
+
+    port = free_port()
+    process = serve("--model", "tiny", "--device", "cpu", "--port", str(port), "--data-dir", str(tmp_path),
+                    "--bridge", "", env=clean_env(JEPA_PLAN_BUDGET=str(10**9), JEPA_ACT_TIMEOUT_S="600"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/readyz", 200)
+        goal = httpx.post(f"{url}/v1/goals", files={"image": ("g.png", png_bytes(1), "image/png")}).json()["id"]
+        session = httpx.post(f"{url}/v1/sessions", json={
+            "robot_id": "arm-term", "goal_id": goal, "planner": {"samples": 512, "iterations": 64, "horizon": 1}
+        }).json()["id"]
+        answer: list[httpx.Response] = []
+
+        def act() -> None:
+            answer.append(httpx.post(f"{url}/v1/sessions/{session}/act", timeout=120, data={"state": str(STATE), "seq": "1"},
+                                     files={"image": ("o.png", png_bytes(2), "image/png")}))
+
+        import threading
+        acting = threading.Thread(target=act)
+        acting.start()
+        deadline = time.monotonic() + 30
+        while "jepa_worker_queue_depth 1.0" not in httpx.get(f"{url}/metrics").text:
+            assert time.monotonic() < deadline, "the plan never started"
+            time.sleep(0.05)
+        time.sleep(0.5)   # well inside the plan
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        exited_after = time.monotonic() - signalled
+        acting.join(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    print(f"\nSIGTERM mid-plan: exited after {exited_after:.2f} s")
+    assert exited_after < 10, output
+    assert process.returncode == 0 and "Traceback" not in output, output
+    response = answer[0]
+    assert response.status_code == 503 and response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]["code"] == "shutting_down"
+    storage = Storage(tmp_path)
+    try:
+        assert storage.list_steps(session, limit=10, offset=0) == []
+    finally:
+        storage.close()
