@@ -181,13 +181,12 @@ def actions_moved(out: Path) -> set[int]:
 
 
 def check_moves_toward_targets_within_limits(records: list[dict]) -> dict:
-    """Every target inside the box and at most one step from its state; one period after the last move
-    toward a target the arm is nearer to it than when it started, by 2 mm on average. (A period observes
-    first and commands last, so the observation one period after a move is two records later; an action
-    is re-applied each period until it is `ACTION_TIMEOUT_S` old, so consecutive moves share a target.)"""
+    """Every target inside the box and at most one step from its state; before the next action takes
+    over, the arm gets nearer to each target than it was when the target was sent, by 2 mm on average.
+    (The client applies an action once, on arrival, and holds at its 0.5 s freshness deadline; franky's
+    and libfranka's motions run on between calls, so the nearest observed state after the move counts.)"""
     low, high = np.array(WORKSPACE[:3]), np.array(WORKSPACE[3:])
     first_move: dict[int, int] = {}
-    last_move: dict[int, int] = {}
     for index, record in enumerate(records):
         if record["command"] != "move":
             continue
@@ -195,20 +194,17 @@ def check_moves_toward_targets_within_limits(records: list[dict]) -> dict:
         assert (target >= low - 1e-6).all() and (target <= high + 1e-6).all()
         assert np.linalg.norm(target - state) <= MAX_STEP + 1e-6
         first_move.setdefault(record["action_seq"], index)
-        last_move[record["action_seq"]] = index
+    starts = sorted(first_move.values())
     before, after = [], []
-    for action, start in first_move.items():
-        end = last_move[action] + 2
-        if end >= len(records):
-            continue
+    for start, end in zip(starts, starts[1:]):   # an action's reign: its first move until the next action's
         target = np.array(records[start]["target"][:3])
         before.append(np.linalg.norm(target - np.array(records[start]["state"][:3])))
-        after.append(np.linalg.norm(target - np.array(records[end]["state"][:3])))
+        after.append(min(np.linalg.norm(target - np.array(r["state"][:3])) for r in records[start + 1:end + 1]))
     assert len(before) >= 2, records
     # franka-sim runs 3-10x slower than real time here, so a period covers only part of a step: ask for progress.
     assert np.mean(before) - np.mean(after) > 0.002, f"the arm did not move toward its targets: {after} vs {before}"
     return {"actions": len(before), "mean_step_mm": round(1000 * np.mean(before), 2),
-            "mean_error_one_period_after_the_last_move_mm": round(1000 * np.mean(after), 2)}
+            "mean_error_before_the_next_action_mm": round(1000 * np.mean(after), 2)}
 
 
 def finish(process: subprocess.Popen, timeout: float = 30.0) -> None:
