@@ -251,8 +251,11 @@ def test_the_arm_follows_the_service_holds_when_it_is_killed_and_obeys_stop(robo
     first_hold = next(r for r in after_kill if r["command"] == "hold")
     hold_latency = first_hold["t"] - killed_at
     assert all(r["command"] == "hold" for r in after_kill if r["t"] >= first_hold["t"])
-    # The first period without a fresh action holds: at most the action timeout plus one period after the kill.
-    assert hold_latency <= ACTION_TIMEOUT_S + 1.0 / RATE_HZ + 0.5, hold_latency
+    # The client holds at each action's own freshness deadline (0.5 s after it arrived), the kill included;
+    # a period's record is written when the period ends, so the first "hold" record may come up to two
+    # periods later than the hold itself: the deadline is checked on the client's own measurement.
+    assert summary["stats"]["hold_latency_max_s"] <= ACTION_TIMEOUT_S + 0.1, summary["stats"]
+    assert hold_latency <= ACTION_TIMEOUT_S + 2.0 / RATE_HZ + 1.0, hold_latency
     # Held means still: once the stop motion has run (franka-sim is slower than real time), the measured
     # pose changes by less than a millimetre per control period.
     settled = [np.array(r["state"][:3]) for r in after_kill if r["t"] > first_hold["t"] + 1.0]

@@ -101,7 +101,7 @@ def test_sigterm_during_a_long_plan_exits_within_the_grace_with_a_json_503_and_r
         wait_for(f"{url}/readyz", 200)
         goal = httpx.post(f"{url}/v1/goals", files={"image": ("g.png", png_bytes(1), "image/png")}).json()["id"]
         session = httpx.post(f"{url}/v1/sessions", json={
-            "robot_id": "arm-term", "goal_id": goal, "planner": {"samples": 512, "iterations": 64, "horizon": 1}
+            "robot_id": "arm-term", "goal_id": goal, "planner": {"samples": 4096, "iterations": 64, "horizon": 1}
         }).json()["id"]
         answer: list[httpx.Response] = []
 
@@ -113,7 +113,8 @@ def test_sigterm_during_a_long_plan_exits_within_the_grace_with_a_json_503_and_r
         acting = threading.Thread(target=act)
         acting.start()
         deadline = time.monotonic() + 30
-        while "jepa_worker_queue_depth 1.0" not in httpx.get(f"{url}/metrics").text:
+        while "jepa_worker_queue_depth 0.0" in httpx.get(f"{url}/metrics").text:   # until the act is queued or planning
+            assert acting.is_alive(), f"the act ended before SIGTERM: {answer[0].status_code} {answer[0].text[:300]}"
             assert time.monotonic() < deadline, "the plan never started"
             time.sleep(0.05)
         time.sleep(0.5)   # well inside the plan
