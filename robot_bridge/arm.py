@@ -5,6 +5,7 @@ through `SafetyLimits` before calling `Arm.move_to`, so an `Arm` implementation 
 """
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -124,6 +125,19 @@ class SafetyLimits:
         safe[3:6] = _wrap_angle(current[3:6] + turn)
         safe[6] = np.clip(target[6], 0.0, 1.0)
         return safe
+
+    def overridden(self, workspace: "tuple[float, ...] | None" = None, max_translation_m: float | None = None,
+                   max_rotation_rad: float | None = None) -> "SafetyLimits":
+        """These limits with some replaced (None keeps this one's): what command-line flags ask for.
+        `workspace`: (xmin, ymin, zmin, xmax, ymax, zmax)."""
+        changes: dict = {}
+        if workspace:
+            changes.update(workspace_low=tuple(workspace[:3]), workspace_high=tuple(workspace[3:]))
+        if max_translation_m:
+            changes["max_translation_m"] = max_translation_m
+        if max_rotation_rad:
+            changes["max_rotation_rad"] = max_rotation_rad
+        return dataclasses.replace(self, **changes)
 
     def to_hello(self) -> dict[str, list[float] | float]:
         """The limits as the optional `limits` map of a hello (PROTOCOL.md 4.1), so the service plans within them."""

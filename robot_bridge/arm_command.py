@@ -75,13 +75,7 @@ def realtime_kernel() -> bool:
 
 
 def safety_limits(args: argparse.Namespace) -> SafetyLimits:
-    defaults = SafetyLimits()
-    low, high = defaults.workspace_low, defaults.workspace_high
-    if args.workspace:
-        low, high = tuple(args.workspace[:3]), tuple(args.workspace[3:])
-    return SafetyLimits(workspace_low=low, workspace_high=high,
-                        max_translation_m=args.max_step or defaults.max_translation_m,
-                        max_rotation_rad=args.max_rotation or defaults.max_rotation_rad)
+    return SafetyLimits().overridden(args.workspace, args.max_step, args.max_rotation)
 
 
 class DryRunArm(Arm):

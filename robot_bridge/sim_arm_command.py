@@ -55,12 +55,7 @@ def _limits(args: argparse.Namespace) -> SafetyLimits:
         from .robosuite_arm import ROBOSUITE_LIMITS as defaults
     else:
         defaults = SafetyLimits()
-    low, high = defaults.workspace_low, defaults.workspace_high
-    if args.workspace:
-        low, high = tuple(args.workspace[:3]), tuple(args.workspace[3:])
-    return SafetyLimits(workspace_low=low, workspace_high=high,
-                        max_translation_m=args.max_step or defaults.max_translation_m,
-                        max_rotation_rad=defaults.max_rotation_rad)
+    return defaults.overridden(args.workspace, args.max_step)
 
 
 def _keys(args: argparse.Namespace) -> ClientKeys | None:
