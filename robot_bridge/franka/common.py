@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..arm import Arm, Observation
+from ..arm import Arm, NoFreshObservation, Observation
 from ..cameras import Camera
 from ..poses import matrix_to_pose, pose_to_matrix
 
@@ -119,7 +119,14 @@ class FrankaArm(Arm):
 
     def observe(self) -> Observation:
         frame = self.camera.read_fresh(self.max_frame_age_s)   # StaleFrame: the client holds, sends nothing
-        transform, joints = self.read_pose()
+        try:
+            transform, joints = self.read_pose()
+        except (*self.robot_errors, RuntimeError) as error:   # pylibfranka's read_once raises RuntimeError too
+            # No pose, no observation: the client holds and sends nothing; the arm process keeps running
+            # (it used to die here after a network fault) and reports the fault.
+            if self.fault is None:
+                self._on_fault(error)
+            raise NoFreshObservation(f"robot state unreadable: {type(error).__name__}: {error}") from error
         gripper = self.gripper.closed_fraction if self.gripper is not None else 0.0
         return Observation(frame.image, matrix_to_pose(transform, gripper), frame.timestamp, joints)
 
