@@ -99,6 +99,8 @@ def test_sigterm_during_a_long_plan_exits_within_the_grace_with_a_json_503_and_r
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{url}/readyz", 200)
+        # The port was free when chosen; make sure it is this process that answers on it.
+        assert process.poll() is None, process.communicate()[0][-2000:]
         goal = httpx.post(f"{url}/v1/goals", files={"image": ("g.png", png_bytes(1), "image/png")}).json()["id"]
         session = httpx.post(f"{url}/v1/sessions", json={
             "robot_id": "arm-term", "goal_id": goal, "planner": {"samples": 4096, "iterations": 64, "horizon": 1}
@@ -118,6 +120,7 @@ def test_sigterm_during_a_long_plan_exits_within_the_grace_with_a_json_503_and_r
             assert time.monotonic() < deadline, "the plan never started"
             time.sleep(0.05)
         time.sleep(0.5)   # well inside the plan
+        assert acting.is_alive() and process.poll() is None, "the act or the service ended before SIGTERM"
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
