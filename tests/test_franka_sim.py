@@ -272,10 +272,11 @@ def test_the_arm_follows_the_service_holds_when_it_is_killed_and_obeys_stop(robo
     # The client holds at each action's own freshness deadline (0.5 s after it arrived), the kill included;
     # a period's record is written when the period ends, so the first "hold" record may come up to two
     # periods later than the hold itself: the deadline is checked on the client's own measurement.
-    # pylibfranka's adapter runs its 1 kHz loop in a Python thread: on a loaded 2-core machine it competes
-    # for the GIL with the client loop, whose deadline hold then comes up to ~0.3 s late (0.76 s seen in CI).
-    slack = 0.1 if robot == "franky" else 0.35
-    assert summary["stats"]["hold_latency_max_s"] <= ACTION_TIMEOUT_S + slack, summary["stats"]
+    # Here the arm shares 2 cores with franka-sim (3-10x slower than real time), the service and pytest, and
+    # pylibfranka's adapter runs its 1 kHz loop in a Python thread that competes for the GIL: the deadline hold
+    # came up to ~0.3 s late in CI (0.76 s). The 0.5 s rule itself is pinned by tests/test_client.py and
+    # tests/test_chaos_arm.py; this checks the Franka arms hold on the same deadline, within that slack.
+    assert summary["stats"]["hold_latency_max_s"] <= ACTION_TIMEOUT_S + 0.35, summary["stats"]
     assert hold_latency <= ACTION_TIMEOUT_S + 2.0 / RATE_HZ + 1.0, hold_latency
     # Held means still: once the stop motion has run (franka-sim is slower than real time), the measured
     # pose changes by less than a millimetre per control period.
