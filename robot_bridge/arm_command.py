@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .arm import Arm, Observation, SafetyLimits
-from .client import ArmClient, RunSummary, StepRecord, Subscriber
+from .client import ArmClient, RunSummary, StepRecord, Subscriber, stop_on_signals
 from .security import ClientKeys, InsecureEndpoint
 from .service import DEFAULT_ENDPOINT
 
@@ -263,17 +262,11 @@ def run(args: argparse.Namespace) -> int:
         arm.close()
         print(f"arm: {error}")
         return 2
-    previous_handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[signum] = signal.signal(signum, lambda *_: client.request_stop())
-        if hasattr(robot, "request_recovery"):
-            previous_handlers[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: robot.request_recovery())
+    recovery = {signal.SIGUSR1: lambda *_: robot.request_recovery()} if hasattr(robot, "request_recovery") else {}
     try:
-        summary = client.run(max_steps=args.steps, duration_s=args.duration)
+        with stop_on_signals(client, recovery):
+            summary = client.run(max_steps=args.steps, duration_s=args.duration)
     finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
         client.close()
         arm_stats = robot.stats() if hasattr(robot, "stats") else {}
         arm.close()

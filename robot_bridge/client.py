@@ -24,8 +24,10 @@ answer up to `plan_deadline_s`, execute it for one period, hold, repeat.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
+import signal
 import secrets
 import threading
 import time
@@ -525,3 +527,19 @@ class ArmClient:
                 getattr(subscriber, event)(argument)
             except Exception:
                 log.exception("subscriber %s.%s failed", type(subscriber).__name__, event)
+
+
+@contextlib.contextmanager
+def stop_on_signals(client: "ArmClient", extra: dict | None = None):
+    """While the block runs (main thread only), SIGINT/SIGTERM ask `client` to hold, finish its period and
+    return; `extra` maps more signals to handlers (e.g. SIGUSR1 -> fault recovery). Handlers are restored after."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {signal.SIGINT: lambda *_: client.request_stop(), signal.SIGTERM: lambda *_: client.request_stop(),
+                    **(extra or {})}
+        previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -11,14 +11,12 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from . import robosuite_env
 from .arm import SafetyLimits
-from .client import ArmClient
+from .client import ArmClient, stop_on_signals
 from .security import ClientKeys, InsecureEndpoint
 from .service import DEFAULT_ENDPOINT
 
@@ -102,15 +100,10 @@ def run(args: argparse.Namespace) -> int:
         arm.close()
         print(f"sim-arm: {error}")
         return 2
-    previous_handlers = {}
-    if threading.current_thread() is threading.main_thread():  # Ctrl-C / kill: hold, finish the episode, exit
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[signum] = signal.signal(signum, lambda *_: client.request_stop())
     try:
-        summary = client.run(max_steps=args.steps, duration_s=args.duration)
+        with stop_on_signals(client):  # Ctrl-C / kill: hold, finish the episode, exit
+            summary = client.run(max_steps=args.steps, duration_s=args.duration)
     finally:
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
         client.close()
         arm.close()
     report = {"steps": summary.steps, "reason": summary.reason, "stats": summary.stats}
