@@ -14,6 +14,9 @@ Conventions, translated at this boundary and nowhere else:
   DROID's, roll sits at the +-pi wrap when pointing straight down; SafetyLimits compares wrapped angles.
 - targets go to OSC_POSE with absolute inputs in the base frame; the gripper command uses only its
   sign (close when the target's gripper is above 0.5).
+- robosuite's controllers run at their usual 20 Hz and one period of ours is several of their steps
+  with the same target: the Panda gripper moves a fixed 10% of its travel per robosuite step, so at
+  4 robosuite steps per second closing took 10 periods (2.5 s) and scripted grasps closed on nothing.
 - the camera is robosuite's spare `sideview` camera moved to a DROID-like exterior view, rendered by
   our own MuJoCo renderer with shadows, reflections and skybox off (robosuite's renderer returns
   frames upside down and renders 2-3x slower at 64 px).
@@ -43,6 +46,7 @@ FINGER_TRAVEL_M = 0.04  # each Panda finger slides 0 .. 0.04 m
 # Site frame -> our tool frame: a +pi/2 turn about the tool's z axis (see the module docstring).
 TOOL_OFFSET = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 TASKS = ("Lift", "Stack", "PickPlace", "Door")
+ROBOSUITE_CONTROL_HZ = 20.0  # robosuite's own controller rate (its default)
 # robosuite's table top is 0.112 m BELOW the Panda's base (base at z = 0.912, table at 0.8), and the
 # table spans x 0.16 .. 0.96 in the base frame: the box keeps the fingertips 1 cm off the table.
 ROBOSUITE_LIMITS = SafetyLimits(workspace_low=(0.25, -0.35, -0.10), workspace_high=(0.80, 0.35, 0.40))
@@ -52,9 +56,11 @@ ROBOSUITE_LIMITS = SafetyLimits(workspace_low=(0.25, -0.35, -0.10), workspace_hi
 class ExteriorCamera:
     """A DROID-like exterior view in the robot's base frame: beside and in front of the table."""
 
-    position: tuple[float, float, float] = (1.05, -0.6, 0.75)
-    look_at: tuple[float, float, float] = (0.5, 0.0, -0.05)
-    fovy: float = 45.0
+    # Low and close enough that the 4 cm cube is 4-5 px at 64 px and the arm stays in view up to
+    # 0.25 m above the base (a higher, farther view showed the cube as 2-3 px).
+    position: tuple[float, float, float] = (1.05, -0.3, 0.25)
+    look_at: tuple[float, float, float] = (0.5, 0.0, 0.07)
+    fovy: float = 55.0
 
 
 @dataclass(frozen=True)
@@ -110,12 +116,14 @@ class RobosuiteArm(Arm):
         from robosuite.controllers import load_composite_controller_config
 
         self.config = config or RobosuiteConfig()
+        # robosuite steps per period of ours (5 at 4 Hz), so its gripper and OSC run at their own rate.
+        self._substeps = max(1, round(ROBOSUITE_CONTROL_HZ / self.config.control_hz))
         controller = load_composite_controller_config(controller="BASIC", robot="Panda")
         arm_part = dict(controller["body_parts"]["right"], input_type="absolute", input_ref_frame="base")
         controller["body_parts"] = {"right": arm_part}  # the Panda has no torso, head, base or legs
         self.env = robosuite.make(
             self.config.task, robots="Panda", controller_configs=controller, has_renderer=False,
-            has_offscreen_renderer=False, use_camera_obs=False, control_freq=self.config.control_hz,
+            has_offscreen_renderer=False, use_camera_obs=False, control_freq=self.config.control_hz * self._substeps,
             hard_reset=False,  # resets in milliseconds instead of rebuilding the model (seconds)
             ignore_done=True, seed=seed,
         )
@@ -126,6 +134,7 @@ class RobosuiteArm(Arm):
         self._base = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, BASE_BODY)
         self._camera = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA)
         self._place_camera()
+        mujoco.mj_forward(self.model, self.data)  # or the first frame shows the camera where it was
         self._renderer = mujoco.Renderer(self.model, self.config.image_height, self.config.image_width)
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
             self._renderer.scene.flags[flag] = False
@@ -216,7 +225,9 @@ class RobosuiteArm(Arm):
     def _step_towards(self, pose: np.ndarray) -> None:
         rotation = euler_to_matrix(pose[3:6]) @ TOOL_OFFSET.T  # our tool frame -> robosuite's grip site
         gripper = 1.0 if pose[6] > 0.5 else -1.0
-        self.env.step(np.concatenate([pose[:3], _rotation_vector(rotation), [gripper]]))
+        action = np.concatenate([pose[:3], _rotation_vector(rotation), [gripper]])
+        for _ in range(self._substeps):
+            self.env.step(action)
 
     def _place_camera(self) -> None:
         base = self.data.xpos[self._base]

@@ -151,8 +151,8 @@ def _sample_cube_goal(arm, rng: np.random.Generator) -> np.ndarray:
 
 
 # ---- robosuite's Panda (robot_bridge.robosuite_arm), robot base frame -----------------------
-RS_START_LOW, RS_START_HIGH = np.array([0.35, -0.2, 0.0]), np.array([0.6, 0.2, 0.25])
-RS_GOAL_LOW, RS_GOAL_HIGH = np.array([0.32, -0.25, -0.05]), np.array([0.68, 0.25, 0.28])
+RS_START_LOW, RS_START_HIGH = np.array([0.35, -0.2, 0.0]), np.array([0.6, 0.2, 0.2])
+RS_GOAL_LOW, RS_GOAL_HIGH = np.array([0.32, -0.25, -0.05]), np.array([0.68, 0.25, 0.22])  # the camera sees up to ~0.25
 RS_DRIVE_PERIODS = 8  # control periods to settle on a scripted pose (a 5 cm OSC step settles in ~4)
 RS_REACHED_M = 0.01
 LIFT_APPROACH_M = 0.10  # above the cube before going down to it
