@@ -57,7 +57,7 @@ $(ROBOSUITE_VENV)/.installed: pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(ROBOSUITE_VENV)
 	$(ROBOSUITE_VENV)/bin/pip install -q --upgrade pip
-	$(ROBOSUITE_VENV)/bin/pip install -q robosuite==1.5.2 mujoco==3.3.7 "pyzmq>=25" "msgpack>=1.0" "httpx>=0.27" "imageio>=2.34" "matplotlib>=3.8"
+	$(ROBOSUITE_VENV)/bin/pip install -q robosuite==1.5.2 mujoco==3.3.7 "pyzmq>=25" "msgpack>=1.0" "httpx>=0.27" "imageio>=2.34" "matplotlib>=3.8" "pyarrow>=15,<20" "tqdm>=4.60" "pyyaml>=6"
 	$(ROBOSUITE_VENV)/bin/pip install -q --no-deps -e .
 	@touch $@
 
