@@ -49,6 +49,7 @@ TASKS = ("Lift", "Stack", "PickPlace", "Door")
 ROBOSUITE_CONTROL_HZ = 20.0  # robosuite's own controller rate (its default)
 # robosuite's table top is 0.112 m BELOW the Panda's base (base at z = 0.912, table at 0.8), and the
 # table spans x 0.16 .. 0.96 in the base frame: the box keeps the fingertips 1 cm off the table.
+TABLE_Z = -0.112  # robosuite's table top in the Panda's base frame
 ROBOSUITE_LIMITS = SafetyLimits(workspace_low=(0.25, -0.35, -0.10), workspace_high=(0.80, 0.35, 0.40))
 
 

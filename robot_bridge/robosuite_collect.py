@@ -11,10 +11,8 @@ import numpy as np
 from robot_bridge.collect import CUBE_FEATURE, ExplorationConfig
 from robot_bridge.episodes import COMMANDED_ACTION, ENVIRONMENT_STATE, JOINT_NAMES, JOINTS, POSE_NAMES
 from robot_bridge.evaluation.tasks import RS_DRIVE_PERIODS, RS_START_HIGH, RS_START_LOW
-from robot_bridge.robosuite_arm import RobosuiteArm, RobosuiteConfig
+from robot_bridge.robosuite_arm import TABLE_Z, RobosuiteArm, RobosuiteConfig
 from robot_bridge.sim import Box
-
-TABLE_Z = -0.112  # robosuite's table top, in the Panda's base frame
 
 
 def robosuite_exploration() -> ExplorationConfig:

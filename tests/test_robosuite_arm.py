@@ -118,3 +118,20 @@ def test_collect_in_robosuite_records_grasps_that_lift_the_cube_and_repeats_unde
     again = collect(tmp_path / "one", 1)
     np.testing.assert_allclose(again.states(0), reader.states(0), atol=1e-6)
     assert not np.allclose(reader.column(ENVIRONMENT_STATE, 1)[0], reader.column(ENVIRONMENT_STATE, 0)[0])
+
+
+def test_push_goal_is_where_a_scripted_push_left_the_cube_and_rendering_it_leaves_the_scene_untouched():
+    script = """
+import json, numpy as np
+from robot_bridge.robosuite_arm import RobosuiteArm, RobosuiteConfig
+from robot_bridge.evaluation.tasks import RobosuiteEpisode
+arm = RobosuiteArm(RobosuiteConfig(), seed=3)
+episode = RobosuiteEpisode(arm, np.random.default_rng([1, 0]), "push")
+print(json.dumps({"goals": len(episode.goal_images), "untouched": bool(np.array_equal(arm.render(), episode.start_image)),
+                  "start_distance": episode.distance()}))
+"""
+    done = subprocess.run([str(ROBOSUITE_PYTHON), "-c", script], capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["goals"] == 7 and report["untouched"]
+    assert 0.03 < report["start_distance"] < 0.2, "the scripted push moved the cube a few centimetres"

@@ -9,6 +9,7 @@ image shows what the camera would see and the episode starts untouched.
 | sim | reach | end effector, goal 10-25 cm away | within `radius` (5 cm) at the end |
 | sim | push | the cube, goal 5-15 cm away | within `radius` (3 cm) at the end |
 | robosuite | reach | end effector, goal 10-25 cm away | within `radius` (5 cm) at the end |
+| robosuite | push | the cube, pushed 5-15 cm by a scripted push | within `radius` (3 cm) of where that push left it |
 | robosuite | lift | the cube | robosuite's own `_check_success()` at the end |
 """
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Callable
 import numpy as np
 
 from robot_bridge.poses import euler_to_matrix
+from robot_bridge.robosuite_arm import TABLE_Z  # a constant: importing it does not import robosuite
 
-TASKS = {"sim": ("reach", "push"), "robosuite": ("reach", "lift")}
+TASKS = {"sim": ("reach", "push"), "robosuite": ("reach", "push", "lift")}
 DEFAULT_RADIUS_M = {"reach": 0.05, "push": 0.03, "lift": 0.05}
 DEFAULT_STEPS = {"reach": 30, "push": 80, "lift": 60}
 
@@ -160,7 +162,7 @@ LIFT_HEIGHT_M = 0.12  # how far the final goal image shows the cube lifted
 
 
 class RobosuiteEpisode(Episode):
-    """robosuite's Panda: reach a pose, or lift the cube (judged by robosuite's own check)."""
+    """robosuite's Panda: reach a pose, push the cube, or lift it (judged by robosuite's own check)."""
 
     def __init__(self, arm, rng: np.random.Generator, task: str):
         self.task = task
@@ -175,6 +177,8 @@ class RobosuiteEpisode(Episode):
             self.goal_position = _sample_reach_goal(rng, self.start_state[:3], RS_GOAL_LOW, RS_GOAL_HIGH,
                                                     self._reachable)
             self.goal_images = [self._rendered_after([_pose_at(self.start_state, self.goal_position)])]
+        elif task == "push":
+            self.goal_images, self.goal_position = self._push_subgoals(rng)
         else:
             self.goal_images = self._lift_subgoals()
             self.goal_position = arm.object_position() + np.array([0.0, 0.0, LIFT_HEIGHT_M])
@@ -191,16 +195,39 @@ class RobosuiteEpisode(Episode):
         return self._render_stages(poses)[-1]
 
     def _render_stages(self, poses: list[np.ndarray]) -> list[np.ndarray]:
-        """Drive through `poses` from the saved state, render after each, then restore the state."""
+        return self._run_stages(poses)[0]
+
+    def _run_stages(self, poses: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Drive through `poses` from the saved state, render after each, then restore the state;
+        also returns where the cube was at the end."""
         saved = self.arm.save_state()
         try:
             images = []
             for pose in poses:
                 self.arm.drive_to(pose, RS_DRIVE_PERIODS)
                 images.append(self.arm.render())
-            return images
+            return images, self.arm.object_position().copy()
         finally:
             self.arm.restore_state(saved)
+
+    def _push_subgoals(self, rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+        """A scripted push, stage by stage as the sim's push sub-goals (above and behind the cube, down
+        with the gripper closed, pushed a third, two thirds and all the way, lifted clear, back at the
+        start pose); the goal is where robosuite's physics left the cube, not where we aimed."""
+        cube = self.arm.object_position().copy()
+        angle = rng.uniform(-np.pi, np.pi)
+        direction = np.array([np.cos(angle), np.sin(angle), 0.0])
+        push = rng.uniform(0.05, 0.15)
+        low_z, high_z = TABLE_Z + PUSH_HEIGHT, TABLE_Z + APPROACH_HEIGHT
+        behind = cube - BEHIND_CUBE * direction
+        start = self.start_state
+        poses = [_pose_at(start, [behind[0], behind[1], high_z], 1.0), _pose_at(start, [behind[0], behind[1], low_z], 1.0)]
+        for fraction in np.arange(1, PUSH_STAGES + 1) / PUSH_STAGES:
+            pushed = cube + (fraction * push - CONTACT_OFFSET) * direction
+            poses.append(_pose_at(start, [pushed[0], pushed[1], low_z], 1.0))
+        poses += [_pose_at(start, [pushed[0], pushed[1], high_z], 1.0), start]
+        images, final_cube = self._run_stages(poses)
+        return images, final_cube
 
     def _lift_subgoals(self) -> list[np.ndarray]:
         """Above the cube (open), around it (open), grasped (closed), lifted: a scripted grasp rendered
@@ -216,6 +243,8 @@ class RobosuiteEpisode(Episode):
     def distance(self) -> float:
         if self.task == "lift":
             return float(np.linalg.norm(self.arm.object_position() - self.goal_position))
+        if self.task == "push":
+            return float(np.linalg.norm(self.arm.object_position()[:2] - self.goal_position[:2]))
         return float(np.linalg.norm(self.arm.state()[:3] - self.goal_position))
 
     def succeeded(self, radius: float) -> bool:
