@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sim: reach or push; robosuite: reach or lift (default %(default)s)")
     parser.add_argument("--episodes", type=int, default=3, help="episodes to run (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="episode i uses the seed sequence (seed, i)")
-    parser.add_argument("--model", default="demo", help="preset, .safetensors or .pt (default: the embedded demo model)")
+    parser.add_argument("--model", default=None,
+                        help="preset, embedded model, .safetensors or .pt (default: the embedded model of the env: "
+                             "demo for sim, robosuite for robosuite)")
     parser.add_argument("--random-init", action="store_true",
                         help="the control: the same architecture with random weights (seeded by --seed)")
     parser.add_argument("--steps", type=int, default=None,
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         return robosuite_env.rerun_in_robosuite_environment("robot_bridge.eval_command",
                                                            robosuite_env.as_argv(args, add_arguments), "eval")
     os.environ.setdefault("MUJOCO_GL", "egl")  # before the first `import mujoco`
+    if args.model is None:  # each simulator's embedded model was trained on its own camera and scene
+        args.model = "robosuite" if args.env == "robosuite" else "demo"
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.task]
     if args.episodes < 1 or steps < 1:
         return _usage("--episodes and --steps must be at least 1")

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+import world_model.model
+
 from conftest import TEST_DEVICE
 from world_model import PRESETS, WorldModel, load_world_model
 from world_model.model import resolve_device
@@ -106,10 +108,11 @@ def test_random_preset_is_deterministic_and_warns(caplog):
     assert any(not torch.equal(a, c) for a, c in zip(first.state_dict().values(), other.state_dict().values()))
 
 
-def test_demo_without_weights_says_how_to_train(monkeypatch, tmp_path):
-    monkeypatch.setattr("world_model.model.DEMO_WEIGHTS", tmp_path / "missing.safetensors")
-    with pytest.raises(FileNotFoundError, match="jepa-planner train"):
-        load_world_model("demo")
+@pytest.mark.parametrize("name", ["demo", "robosuite"])
+def test_embedded_model_without_weights_says_how_to_train(monkeypatch, tmp_path, name):
+    monkeypatch.setitem(world_model.model.EMBEDDED_WEIGHTS, name, tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match=f"the {name} world model .*jepa-planner train"):
+        load_world_model(name)
 
 
 def test_unknown_source_and_plain_preset_are_rejected():

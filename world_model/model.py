@@ -19,7 +19,10 @@ from .shapes import ArchitectureHints
 
 logger = logging.getLogger(__name__)
 
-DEMO_WEIGHTS = Path(__file__).resolve().parent / "assets" / "demo.safetensors"
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_WEIGHTS = ASSETS / "demo.safetensors"
+# Embedded trained models, by name: the sim's (the default everywhere) and robosuite's Panda scene.
+EMBEDDED_WEIGHTS = {"demo": DEMO_WEIGHTS, "robosuite": ASSETS / "robosuite.safetensors"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
@@ -194,7 +197,8 @@ def load_world_model(
 ) -> WorldModel:
     """A `WorldModel` from a preset name, a released `.pt` or one of our `.safetensors` files.
 
-    * `"demo"`: the embedded model, `world_model/assets/demo.safetensors`.
+    * `"demo"`: the embedded model, `world_model/assets/demo.safetensors`; `"robosuite"`: the one
+      trained in robosuite's Lift scene, `world_model/assets/robosuite.safetensors`.
     * another AC preset name (`ac_vit_giant`, `small`, `tiny`): randomly initialised from `seed`,
       with a warning; useful for tests and benchmarks only.
     * a path: weights loaded strictly; the architecture comes from `config`, the file's
@@ -223,14 +227,15 @@ def load_world_model(
 
 def _load_modules(source: str | os.PathLike, config: ModelConfig | None, hints: ArchitectureHints, seed: int) -> WorldModel:
     name = str(source)
+    if name in EMBEDDED_WEIGHTS and not Path(name).exists():
+        weights = EMBEDDED_WEIGHTS[name]
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"the {name} world model is not trained yet ({weights} is missing); "
+                "create it with `jepa-planner train` (see world_model/README.md)"
+            )
+        return _from_file(weights, config)
     if name in PRESETS and not Path(name).exists():
-        if name == "demo":
-            if not DEMO_WEIGHTS.is_file():
-                raise FileNotFoundError(
-                    f"the demo world model is not trained yet ({DEMO_WEIGHTS} is missing); "
-                    "create it with `jepa-planner train` (see world_model/README.md)"
-                )
-            return _from_file(DEMO_WEIGHTS, config)
         logger.warning("preset %r has no weights: randomly initialised (seed %d), predictions are meaningless", name, seed)
         return WorldModel.from_config(config or PRESETS[name], seed)
     path = Path(source)
