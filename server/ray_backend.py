@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import threading
 import time
 import uuid
 import weakref
@@ -120,27 +121,32 @@ class ReplicaPool:
 
     def __init__(self, replicas: list[Replica]):
         self.replicas = replicas
+        # The assignment table; a stopped session's planner drops out of it by itself. Written on the model
+        # worker, read by /v1/model on the event loop: under the lock.
         self._pinned: "weakref.WeakKeyDictionary[RemoteSessionPlanner, Replica]" = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
 
     def replica_for(self, planner: RemoteSessionPlanner) -> Replica | None:
         """The session's replica while it is up; else the least loaded live one (None when none is up)."""
-        pinned = self._pinned.get(planner)
-        if pinned is not None and pinned.up:
-            return pinned
-        live = [replica for replica in self.replicas if replica.up]
-        if not live:
-            return None
-        load = Counter(replica.index for replica in self._pinned.values())
-        chosen = min(live, key=lambda replica: (load[replica.index], replica.index))
+        with self._lock:
+            pinned = self._pinned.get(planner)
+            if pinned is not None and pinned.up:
+                return pinned
+            live = [replica for replica in self.replicas if replica.up]
+            if not live:
+                return None
+            load = Counter(replica.index for replica in self._pinned.values())
+            chosen = min(live, key=lambda replica: (load[replica.index], replica.index))
+            self._pinned[planner] = chosen
         if pinned is not None:
             log.warning("session planner %s moves from replica %d (down) to replica %d", planner.key[:8],
                         pinned.index, chosen.index)
-        self._pinned[planner] = chosen
         return chosen
 
     def placement(self) -> dict[str, int]:
         """Session planner key -> replica index (for tests, logs and /v1/model)."""
-        return {planner.key: replica.index for planner, replica in self._pinned.items()}
+        with self._lock:
+            return {planner.key: replica.index for planner, replica in self._pinned.items()}
 
     def mark_down(self, replica: Replica, why: BaseException | str) -> None:
         if replica.up:
@@ -172,7 +178,8 @@ class ReplicaPool:
             log.warning("planning replica %d (%s) is back: %s", replica.index, replica.app, identity)
 
     def describe(self) -> list[dict[str, Any]]:
-        load = Counter(replica.index for replica in self._pinned.values())
+        with self._lock:
+            load = Counter(replica.index for replica in self._pinned.values())
         return [{"replica": replica.index, "app": replica.app, "up": replica.up, "sessions": load[replica.index]}
                 for replica in self.replicas]
 
@@ -237,7 +244,7 @@ class RayEngine:
         round_id = next(self._rounds)
         self.pool.revive(self._failures)
         latents = {index: self.local.latent_to_array(item.latent) for index, item in enumerate(items)}
-        todo, answered = list(range(len(items))), set()
+        todo, answered, resent = list(range(len(items))), set(), Counter()
         for _attempt in range(_MAX_ATTEMPTS):
             calls, retry = [], []
             for index in todo:
@@ -288,16 +295,20 @@ class RayEngine:
                     call.replica.saw(instance)
                     resend = []
                     for index, outcome in zip(call.indices, outcomes):
-                        if outcome.missing_goals:   # a replica that lost its goal cache: send them again
+                        if outcome.missing_goals and resent[index] < 2:  # a replica that lost its goal cache
                             call.replica.known_goals.difference_update(outcome.missing_goals)
+                            resent[index] += 1
                             resend.append(index)
                             continue
                         answered.add(index)
                         if outcome.step is not None:
                             items[index].planner.state = outcome.state
                             yield index, outcome.step
-                        else:
+                        elif outcome.error is not None:
                             yield index, outcome.error
+                        else:
+                            yield index, RuntimeError(f"planning replica {call.replica.index} kept missing goal "
+                                                      f"latents {outcome.missing_goals} after they were sent")
                     if resend:
                         calls.append(self._send(call.replica, round_id, items, resend, latents))
                 if should_stop():     # the service is shutting down: stop every replica's plans now
