@@ -417,6 +417,8 @@ def load_ray_engine(settings) -> RayEngine:
 def _deploy(ray, serve, settings, apps: list[str], fingerprint: str) -> list[Replica]:
     gpus = ray.cluster_resources().get("GPU", 0)
     count = settings.replicas or max(1, int(gpus))
+    if gpus >= 1 and count > gpus and not settings.ray_address:  # a cluster may add GPU nodes; this machine cannot
+        raise RayUnavailable(f"{count} replicas need one GPU each; this machine has {int(gpus)}: use --replicas {int(gpus)}")
     resources = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": settings.replica_cpus}
     model_settings = {name: getattr(settings, name) for name in MODEL_SETTINGS}
     if str(model_settings["device"]).startswith("cuda") or gpus >= 1:
