@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -62,7 +63,16 @@ class RayUnavailable(RuntimeError):
     """ray[serve] is not installed or the cluster cannot be used; the message says what to do."""
 
 
+# Read by Ray when it is imported, so set before: no Ray call may start a cluster of its own (after the
+# service shut Ray down, Serve's handle threads would otherwise start a fresh local Ray, dashboard and
+# all), and no C++ failure-signal handler in this process (it turned SIGTERM into an abort instead of the
+# service's clean shutdown). Replicas run in Ray's workers and keep Ray's defaults.
+RAY_ENV = {"RAY_ENABLE_AUTO_CONNECT": "0", "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1"}
+
+
 def import_ray():
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
     try:
         import ray
         from ray import serve
@@ -375,43 +385,65 @@ class RayEngine:
             call.all_cancelled_at = time.monotonic()
 
 
-def load_ray_engine(settings) -> RayEngine:
-    """Model worker: load the local engine, start (or join) Ray and Serve, deploy the replicas, check
-    that each loaded the same weights. Local Ray (`replicas` without `ray_address`) runs on loopback."""
-    ray, serve = import_ray()
-    local = load_engine(settings)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        if settings.ray_address:
-            ray.init(address=settings.ray_address, namespace="jepa-planner", log_to_driver=False)
-        else:
-            ray.init(address="local", num_cpus=_local_cpus(settings), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", namespace="jepa-planner", log_to_driver=False)
-    closed = False
+class RayConnection:
+    """This process's connection to Ray: a local Ray on loopback that it started (`replicas` without
+    `ray_address`) or an existing cluster. Made on the main thread (`connect_ray`): a Ray started from
+    another thread took ~30 s to shut down (the model worker only deploys the replicas)."""
 
-    def close() -> None:
-        nonlocal closed
-        if closed:
+    def __init__(self, settings):
+        self.ray, self.serve = import_ray()
+        self.shared = bool(settings.ray_address)
+        self.started = not self.ray.is_initialized()
+        try:
+            if self.started and self.shared:
+                self.ray.init(address=settings.ray_address, namespace="jepa-planner", log_to_driver=False)
+            elif self.started:
+                self.ray.init(address="local", num_cpus=_local_cpus(settings), include_dashboard=False,
+                              _node_ip_address="127.0.0.1", namespace="jepa-planner", log_to_driver=False)
+        except Exception as error:  # an unreachable address, a local Ray that cannot start
+            where = f"join the Ray cluster at {settings.ray_address}" if self.shared else "start a local Ray"
+            raise RayUnavailable(f"cannot {where}: {type(error).__name__}: {error}") from None
+        self.apps: list[str] = []
+        self.handles: list[Any] = []
+        self._closed = False
+
+    def close(self) -> None:
+        """Our applications go (on a shared cluster; a local Ray we started goes whole), then our connection."""
+        if self._closed:
             return
-        closed = True
-        if started_ray and not settings.ray_address:
-            ray.shutdown()   # our own local Ray: its end takes the replicas and Serve with it
-            return
-        for app in apps:     # a shared cluster: take away only our applications
+        self._closed = True
+        for handle in self.handles:   # their routers' threads call Ray: stop them before Ray goes
             try:
-                serve.delete(app)
+                handle.shutdown()
             except Exception as error:
-                log.warning("could not delete Serve application %s: %s", app, error)
-        if started_ray:
-            ray.shutdown()   # disconnects from the cluster
+                log.debug("could not shut a replica handle down: %s", error)
+        if not (self.started and not self.shared):
+            for app in self.apps:
+                try:
+                    self.serve.delete(app)
+                except Exception as error:
+                    log.warning("could not delete Serve application %s: %s", app, error)
+        if self.started:
+            self.ray.shutdown()
 
-    apps: list[str] = []
+
+def connect_ray(settings) -> RayConnection:
+    """Main thread, before serving: start a local Ray on loopback, or join `settings.ray_address`."""
+    return RayConnection(settings)
+
+
+def load_ray_engine(settings, connection: RayConnection) -> RayEngine:
+    """Model worker: load the local engine, deploy the replicas on `connection`, check that each loaded the
+    same weights. On failure the connection is closed; otherwise `RayEngine.close` closes it."""
     try:
-        replicas = _deploy(ray, serve, settings, apps, local.fingerprint)
+        local = load_engine(settings)
+        replicas = _deploy(connection.ray, connection.serve, settings, connection.apps, local.fingerprint)
+        connection.handles.extend(replica.handle for replica in replicas)
     except BaseException:
-        close()
+        connection.close()
         raise
-    return RayEngine(local, replicas, _replica_failures(ray), ray.exceptions.GetTimeoutError, close)
+    return RayEngine(local, replicas, _replica_failures(connection.ray), connection.ray.exceptions.GetTimeoutError,
+                     connection.close)
 
 
 def _deploy(ray, serve, settings, apps: list[str], fingerprint: str) -> list[Replica]:
@@ -448,8 +480,6 @@ def _deploy(ray, serve, settings, apps: list[str], fingerprint: str) -> list[Rep
 
 
 def _local_cpus(settings) -> int:
-    import os
-
     return max(int(settings.replicas * settings.replica_cpus + 0.999), os.cpu_count() or 1)
 
 

@@ -70,10 +70,10 @@ def build_service(settings):
     effective_planner_config(settings.planner, {})  # a bad config file fails now, not at the first session
     loader = load_engine
     if settings.scale_out:  # ray is imported only here: without --replicas / --ray-address nothing changes
-        from .ray_backend import import_ray, load_ray_engine
+        from .ray_backend import connect_ray, load_ray_engine
 
-        import_ray()
-        loader = load_ray_engine
+        connection = connect_ray(settings)
+        loader = lambda settings: load_ray_engine(settings, connection)  # noqa: E731
     return PlanningService(settings, loader, lambda overrides: effective_planner_config(settings.planner, overrides))
 
 

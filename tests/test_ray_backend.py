@@ -7,6 +7,7 @@ the replica kill comes last.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -14,6 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
+from server.ray_backend import RAY_ENV  # noqa: E402
+
+os.environ.update(RAY_ENV)   # before ray is imported, as `serve --replicas` does (server.ray_backend.import_ray)
 ray = pytest.importorskip("ray", reason="ray[serve] is not installed (make test installs it: make ray-deps)")
 pytest.importorskip("ray.serve", reason="ray is installed without Serve: pip install -e '.[ray]'")
 
