@@ -173,4 +173,3 @@ def test_a_killed_replica_s_sessions_continue_on_the_other_without_an_error(fron
         assert placement[planner.key] == survivor
         # Its state moved with it: the survivor continued the sub-goal position instead of starting afresh.
         assert planner.state.steps_on_goal == steps(session_id) and planner.state.warm_start is not None
-
