@@ -168,8 +168,12 @@ def test_a_killed_replica_s_sessions_continue_on_the_other_without_an_error(fron
     assert all(summary is not None for summary in summaries)
     survivor = 1 - victim_index
     placement = engine.pool.placement()
+    # Usually the victim's sessions move to the survivor (its call fails, or no replica takes it within 3 s);
+    # on a quiet machine Serve's replacement replica can come up first and take them: a new process with
+    # empty caches, so either way another process planned them from the state the front door sent.
+    replaced = engine.pool.replicas[victim_index].instance != victim["instance"]
     for session_id in moved:
         planner = planner_of(front_door, session_id)
-        assert placement[planner.key] == survivor
-        # Its state moved with it: the survivor continued the sub-goal position instead of starting afresh.
+        assert placement[planner.key] == survivor or replaced
+        # Its state moved with it: the sub-goal position went on instead of starting afresh.
         assert planner.state.steps_on_goal == steps(session_id) and planner.state.warm_start is not None
