@@ -14,7 +14,7 @@ DEBIAN_PACKAGES := libegl1 libgl1-mesa-dri libosmesa6
 # The console's browser tests drive Debian's Chromium (Playwright's own browser download is unreachable).
 BROWSER_PACKAGE := chromium
 
-.PHONY: setup system-deps browser-deps test demo bench clean robosuite gpu-check lerobot-venv lerobot-check arm-venv franka-sim franka-venvs
+.PHONY: setup system-deps browser-deps test demo bench clean robosuite gpu-check lerobot-venv lerobot-check arm-venv franka-sim franka-venvs ray-deps
 
 setup: $(VENV)/.installed
 
@@ -63,10 +63,19 @@ $(ROBOSUITE_VENV)/.installed: pyproject.toml
 
 # The robosuite smoke test skips (with the reason) when its environment could not be made.
 test: setup
+	@$(MAKE) --no-print-directory ray-deps || echo "Ray Serve not installed: the scale-out tests will skip"
 	@$(MAKE) --no-print-directory robosuite || echo "robosuite environment not made: its tests will skip"
 	@$(MAKE) --no-print-directory lerobot-venv || echo "LeRobot environment not made: its tests will skip"
 	@$(MAKE) --no-print-directory franka-venvs || echo "franka venvs not installed: the franka-sim tests will skip"
 	LEROBOT_VENV=$(LEROBOT_VENV) $(BIN)/pytest -q
+
+# The optional [ray] extra (serve --replicas) in .venv: ~25 s and ~360 MB, so not in `setup` (dev) but in
+# `make test`, whose scale-out tests need it; torch is already the pinned one, so pip keeps it.
+ray-deps: $(VENV)/.ray-installed
+
+$(VENV)/.ray-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev,ray]'
+	@touch $@
 
 demo: setup
 	$(BIN)/jepa-planner demo

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from planner.config import PlannerConfig
@@ -97,6 +98,22 @@ class ControlStep:
     planning_seconds: float
 
 
+@dataclass(frozen=True)
+class ControllerState:
+    """A controller's whole per-session state on the host, picklable and device-free, so that a
+    session can be planned by any copy of the same model (another process, another machine) and
+    continue exactly where it stood: schedule position, warm start and noise stream position.
+
+    ``warm_start``: (mean (H, 4), std (H, 4), elites (E, H, 4) or None) as float32 arrays, or None.
+    ``noise_position``: what ``planner.noise.noise_position`` returned (a generator state), or None.
+    """
+
+    goal_index: int
+    steps_on_goal: int
+    warm_start: Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]
+    noise_position: object = None
+
+
 class RecedingHorizonController:
     def __init__(
         self,
@@ -136,6 +153,29 @@ class RecedingHorizonController:
         self.goal_index = 0
         self.steps_on_goal = 0
         self.warm_start: Optional[SearchState] = None
+
+    def export_state(self) -> ControllerState:
+        """Where this controller stands, on the host (one small device-to-host copy; not for hot loops)."""
+        warm = self.warm_start
+        warm_arrays = None
+        if warm is not None:
+            warm_arrays = (warm.mean.float().cpu().numpy(), warm.std.float().cpu().numpy(),
+                           None if warm.elites is None else warm.elites.float().cpu().numpy())
+        noise = noise_position(self.optimizer.noise_source(self.device))
+        return ControllerState(self.goal_index, self.steps_on_goal, warm_arrays,
+                               noise.clone() if isinstance(noise, torch.Tensor) else noise)
+
+    def import_state(self, state: ControllerState) -> None:
+        """Continue from ``state`` (from ``export_state`` of a controller with the same config and goals)."""
+        if not 0 <= state.goal_index < len(self.goals):
+            raise ValueError(f"state is on goal {state.goal_index}, this controller has {len(self.goals)} goals")
+        warm = None
+        if state.warm_start is not None:
+            mean, std, elites = (None if a is None else torch.from_numpy(np.asarray(a)).to(self.device)
+                                 for a in state.warm_start)
+            warm = SearchState(mean=mean, std=std, elites=elites)
+        self.goal_index, self.steps_on_goal, self.warm_start = state.goal_index, state.steps_on_goal, warm
+        restore_noise_position(self.optimizer.noise_source(self.device), state.noise_position)
 
     def step(self, latent: torch.Tensor, state: torch.Tensor, should_stop: ShouldStop = None,
              arm_limits: ArmLimits | None = None) -> ControlStep:

@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=64, help="camera frame side in pixels (default %(default)s)")
     parser.add_argument("--stale-ms", type=float, default=500.0,
                         help="a plan whose observation is older than this on arrival is stale (default %(default)s)")
+    parser.add_argument("--replicas", type=int, default=0,
+                        help="plan on K model replicas on a local Ray Serve (the service's --replicas; needs the [ray] "
+                             "extra); 0: in the service process (default)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
@@ -192,11 +195,16 @@ def run_fleet(endpoint: str, robot_ids: list[str], rate_hz: float, seconds: floa
 
 # -- the service --------------------------------------------------------------------------------
 
-def service_env(batch_max: int | None) -> dict[str, str]:
-    """The service's environment: this one, with the batch cap set (or its default when None)."""
-    env = {key: value for key, value in os.environ.items() if key != BATCH_ENV}
+REPLICAS_ENV = "JEPA_REPLICAS"  # the service's planning replicas on Ray Serve; 0 = plan in the service process
+
+
+def service_env(batch_max: int | None, replicas: int = 0) -> dict[str, str]:
+    """The service's environment: this one, with the batch cap set (or its default when None) and its replicas."""
+    env = {key: value for key, value in os.environ.items() if key not in (BATCH_ENV, REPLICAS_ENV)}
     if batch_max is not None:
         env[BATCH_ENV] = str(batch_max)
+    if replicas:
+        env[REPLICAS_ENV] = str(replicas)
     return env
 
 
@@ -213,7 +221,7 @@ def measure(args: argparse.Namespace, batch_max: int | None, data_dir: Path, wit
                "topk": min(10, args.samples)}
     robot_ids = [f"fleet-{index}" for index in range(args.robots)]
     runs = {}
-    with ServiceProcess(args.preset, device=args.device, threads=args.threads, env=service_env(batch_max),
+    with ServiceProcess(args.preset, device=args.device, threads=args.threads, env=service_env(batch_max, args.replicas),
                         data_dir=data_dir, load_timeout_s=READY_TIMEOUT_S) as service:
         for seed, robot_id in enumerate(robot_ids):
             create_session(service.url, None, robot_id, goal_frame(seed, args.image_size), planner)
@@ -234,7 +242,7 @@ def summary(args: argparse.Namespace, batched: FleetRun, serial: FleetRun, singl
 
     return {
         "robots": args.robots, "preset": args.preset, "samples": args.samples, "iterations": args.iterations,
-        "horizon": args.horizon, "rate_hz": args.rate_hz, "single_rate_hz": args.single_rate_hz,
+        "horizon": args.horizon, "replicas": args.replicas, "rate_hz": args.rate_hz, "single_rate_hz": args.single_rate_hz,
         "seconds": args.seconds, "threads": args.threads, "image_size": args.image_size, "stale_ms": args.stale_ms,
         "plans": batched.plans, "plans_serial": serial.plans,
         "plans_per_s": rounded(batched.plans_per_s), "plans_per_s_serial": rounded(serial.plans_per_s),
@@ -251,8 +259,9 @@ def summary(args: argparse.Namespace, batched: FleetRun, serial: FleetRun, singl
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.robots < 1 or args.seconds <= 0 or args.rate_hz <= 0 or args.single_rate_hz <= 0 or args.image_size < 8:
-        print("bench fleet: --robots must be >= 1, --seconds, --rate-hz and --single-rate-hz > 0, --image-size >= 8")
+    if args.robots < 1 or args.replicas < 0 or args.seconds <= 0 or args.rate_hz <= 0 or args.single_rate_hz <= 0 or args.image_size < 8:
+        print("bench fleet: --robots must be >= 1, --replicas >= 0, --seconds, --rate-hz and --single-rate-hz > 0, "
+              "--image-size >= 8")
         return EXIT_USAGE
     try:
         with tempfile.TemporaryDirectory(prefix="jepa-fleet-") as scratch:
@@ -269,7 +278,8 @@ def run(args: argparse.Namespace) -> int:
     def ms(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.0f} ms"
 
-    print(f"service model {args.preset}: {args.samples} samples x {args.iterations} iterations, horizon {args.horizon}; "
+    where = f" on {args.replicas} Ray Serve replica(s)" if args.replicas else ""
+    print(f"service model {args.preset}{where}: {args.samples} samples x {args.iterations} iterations, horizon {args.horizon}; "
           f"{args.robots} robots at {args.rate_hz:g} Hz, {args.image_size}px frames, {args.seconds:g} s measured")
     print(f"{f'one robot alone at {args.single_rate_hz:g} Hz:':38s} {result['single_robot_plans_per_s']:.1f} plans/s")
     for label, key in (("batched (service default):", ""), (f"one at a time ({BATCH_ENV}=1):", "_serial")):

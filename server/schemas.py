@@ -170,6 +170,9 @@ class ModelInfo(BaseModel):
     max_horizon: int | None = None
     fingerprint: str | None = None
     planner_defaults: dict[str, Any] = Field(default_factory=dict)
+    backend: Literal["ray"] | None = Field(None, description="'ray' when plans run on Ray Serve replicas (serve --replicas)")
+    replicas: list[dict[str, Any]] | None = Field(
+        None, description="each planning replica: its index, Serve application, whether it is up, sessions pinned to it")
 
 
 class Health(BaseModel):

@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the model's architecture with random weights from SEED (the untrained control)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], help="compute dtype (default float32)")
+    parser.add_argument("--replicas", type=int, help="plan on K model replicas on Ray Serve (a local Ray on loopback "
+                        "unless --ray-address; one GPU each when there are GPUs, else --replica-cpus CPUs); needs the "
+                        "[ray] extra")
+    parser.add_argument("--ray-address", help="plan on replicas in this Ray cluster (ray://head:10001, or auto)")
+    parser.add_argument("--replica-cpus", type=float, help="CPUs per replica on a cluster without GPUs (default 1)")
     parser.add_argument("--max-upload-bytes", type=int, help="largest request body (default 8 MiB)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -53,7 +58,7 @@ def settings_from_args(args: argparse.Namespace):
         host=args.host, port=args.port, bridge=args.bridge, bridge_secret_key=args.bridge_secret_key,
         bridge_authorized_keys=args.bridge_authorized_keys, data_dir=args.data_dir, api_key=args.api_key,
         model=args.model, random_init_seed=args.random_init_seed, device=args.device, dtype=args.dtype, max_upload_bytes=args.max_upload_bytes,
-        log_level=args.log_level,
+        log_level=args.log_level, replicas=args.replicas, ray_address=args.ray_address, replica_cpus=args.replica_cpus,
     )
 
 
@@ -63,11 +68,18 @@ def build_service(settings):
     from .service import PlanningService
 
     effective_planner_config(settings.planner, {})  # a bad config file fails now, not at the first session
-    return PlanningService(settings, load_engine, lambda overrides: effective_planner_config(settings.planner, overrides))
+    loader = load_engine
+    if settings.scale_out:  # ray is imported only here: without --replicas / --ray-address nothing changes
+        from .ray_backend import connect_ray, load_ray_engine
+
+        connection = connect_ray(settings)
+        loader = lambda settings: load_ray_engine(settings, connection)  # noqa: E731
+    return PlanningService(settings, loader, lambda overrides: effective_planner_config(settings.planner, overrides))
 
 
 def run(args: argparse.Namespace) -> int:
     from .errors import ServiceError, StorageUnusable
+    from .ray_backend import RayUnavailable  # imports no ray
     from .settings import SettingsError
 
     try:
@@ -81,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         service = build_service(settings)
     except ServiceError as error:
         print(f"jepa-planner serve: {error.message}")
+        return EXIT_USAGE
+    except RayUnavailable as error:  # --replicas / --ray-address without the [ray] extra
+        print(f"jepa-planner serve: {error}")
         return EXIT_USAGE
     except StorageUnusable as error:  # one line naming the file and what to do, no traceback
         print(f"jepa-planner serve: {error}", file=sys.stderr)

@@ -72,6 +72,12 @@ class PlanningService:
                 log.exception("error while stopping %r", stopper)
         self._stoppers.clear()
         self.worker.stop(timeout=_WORKER_STOP_S)
+        close_engine = getattr(self.worker.model, "close", None)  # an engine holding outside resources (Ray replicas)
+        if close_engine is not None:
+            try:
+                close_engine()
+            except Exception:
+                log.exception("error while closing the engine")
         self.storage.close()
 
     async def act(self, session_id: str, image_bytes: bytes, state_text: str, seq: int | None) -> ActOutcome:

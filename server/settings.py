@@ -71,6 +71,12 @@ class ServerSettings(BaseSettings):
     plan_budget: int = Field(DEFAULT_PLAN_BUDGET, gt=0, description="most one plan may cost: samples x iterations x horizon x "
                                                         "tokens per frame of the loaded model (more is refused, 422)")
     plan_batch_max: int = Field(32, ge=1, description="most sessions planned in one scheduler round (1: one at a time)")
+    # Scale-out on Ray Serve (server/ray_backend.py; needs the [ray] extra). 0 replicas and no address: plan locally.
+    replicas: int = Field(0, ge=0, description="model replicas on Ray Serve that plan the rounds (0: plan in this "
+                          "process); with ray_address, 0 means one per GPU of the cluster (at least one)")
+    ray_address: str | None = Field(None, description="an existing Ray cluster (ray://head:10001 or auto); without it, "
+                                    "replicas > 0 starts a local Ray on loopback")
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs per replica when the cluster has no GPU (one GPU each otherwise)")
     data_dir: Path = Field(default_factory=default_data_dir, description="goals, latents and session history")
     api_key: SecretStr | None = Field(None, description="required in X-API-Key (or Authorization: Bearer) when set")
     max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="largest accepted request body")
@@ -94,6 +100,11 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _empty_key_means_none(cls, key: SecretStr | None) -> SecretStr | None:
         return key if key is not None and key.get_secret_value() else None
+
+    @property
+    def scale_out(self) -> bool:
+        """Plans run on Ray Serve replicas (`replicas` or `ray_address` set)."""
+        return self.replicas > 0 or bool(self.ray_address)
 
     @field_validator("data_dir")
     @classmethod

@@ -207,3 +207,25 @@ def test_a_cancelled_step_stops_between_iterations_and_leaves_the_controller_as_
     assert (controller.goal_index, controller.steps_on_goal) == before[:2] and controller.warm_start is before[2]
     # A step that is not stopped still plans normally afterwards (and then moves on to goal 1).
     assert controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)), should_stop=lambda: False).goal_index == 1
+
+
+def test_exported_state_continues_exactly_in_another_controller():
+    """A session's state (sub-goal position, warm start, noise position) moved to a fresh controller of
+    the same config and goals plans exactly what the original would have (how a Ray replica takes over)."""
+    import pickle
+
+    world = BlobWorld()
+    goals = [SubGoal(blob(world, (0.6, 0.0, 0.3)), max_steps=1), SubGoal(blob(world, (0.4, 0.1, 0.3)))]
+    config = PlannerConfig(**{**FAST, "horizon": 2, "seed": 3})
+    original = RecedingHorizonController(world, config, goals)
+    here, at = blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3))
+    original.step(here, at)
+    state = pickle.loads(pickle.dumps(original.export_state()))  # crosses a process boundary as bytes
+    assert state.goal_index == 0 and state.steps_on_goal == 1 and state.warm_start is not None
+    moved = RecedingHorizonController(world, config, goals)
+    moved.import_state(state)
+    expected, got = original.step(here, at), moved.step(here, at)
+    assert got.goal_index == expected.goal_index == 1
+    torch.testing.assert_close(got.plan, expected.plan, rtol=0, atol=0)
+    unmoved = RecedingHorizonController(world, config, goals).step(here, at)  # without the state: another plan
+    assert unmoved.goal_index == 0 and not torch.equal(unmoved.plan, expected.plan)
