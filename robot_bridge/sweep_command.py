@@ -112,6 +112,8 @@ def _sweep(args: argparse.Namespace, cells, context: dict, command: str, steps: 
     todo = [cell for cell in cells if not done(saved, cell, steps[cell.task], radius[cell.task])]
     print(f"eval-sweep: {len(cells)} cells ({len(cells) - len(todo)} already measured), "
           f"{sum(cell.episodes for cell in todo)} episodes to run, model {label}, {args.loop} loop", flush=True)
+    if not todo:  # everything asked for is measured: only the table and plot are written again
+        return _report(args, context, saved)
     try:
         if args.http is not None:
             service_process, url, endpoint = None, args.http, args.endpoint
@@ -151,9 +153,16 @@ def _sweep(args: argparse.Namespace, cells, context: dict, command: str, steps: 
         service.close()
         if service_process is not None:
             service_process.__exit__(None, None, None)
-    verdicts = write_report(args.out, context, measured)
+    print(f"eval-sweep: {time.monotonic() - started:.0f} s", flush=True)
+    return _report(args, context, measured)
+
+
+def _report(args: argparse.Namespace, context: dict, cells: list[dict]) -> int:
+    from .evaluation.sweep import write_report
+
+    verdicts = write_report(args.out, context, cells)
     print((args.out / "quality_per_compute.md").read_text(), flush=True)
-    print(f"eval-sweep: {time.monotonic() - started:.0f} s; table, JSON and plot in {args.out}", flush=True)
+    print(f"eval-sweep: table, JSON and plot in {args.out}", flush=True)
     if args.json:
         print(json.dumps(verdicts))
     return EXIT_OK

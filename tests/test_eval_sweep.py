@@ -77,6 +77,10 @@ def test_a_tiny_sweep_runs_through_the_service_writes_table_json_plot_and_resume
     assert "2 cells (1 already measured), 1 episodes to run" in capsys.readouterr().out
     cells = json.loads((out / "quality_per_compute.json").read_text())["cells"]
     assert [c["planner"] for c in cells] == ["cold-cem", "warm-icem"] and cells[0] == cell
+    # Nothing left to measure: the table is written again without starting a service.
+    (out / "quality_per_compute.md").unlink()
+    assert cli.main([*common, "--planners", "warm-icem", "--resume", "--model", "missing.safetensors"]) == 0
+    assert "| reach | warm-icem | 12 x 1, H1 | 1 |" in (out / "quality_per_compute.md").read_text()
 
 
 def test_bad_arguments_are_usage_errors(tmp_path, capsys):

@@ -292,7 +292,7 @@ def plot(path: Path, cells: list[dict], verdicts: dict[str, dict], context: dict
         axis.set_ylabel("success rate (95% Wilson interval)")
         axis.set_title(f"{context['env']} {task}")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7, loc="lower right")
+        axis.legend(fontsize=7, loc="best")
     figure.suptitle(f"quality per compute: model {context['model']}, seed {context['seed']}", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
