@@ -129,7 +129,10 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     denominator = 1 + z * z / trials
     centre = (rate + z * z / (2 * trials)) / denominator
     half = z * math.sqrt(rate * (1 - rate) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # Exact ends at 0/N and N/N (the formula lands a rounding error inside, e.g. 6/6 -> 0.9999999999999999).
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
 
 
 def run_cell(cell: Cell, *, env: str, seed: int, steps: dict[str, int], radius: dict[str, float], blocking: bool,
@@ -274,7 +277,9 @@ def plot(path: Path, cells: list[dict], verdicts: dict[str, dict], context: dict
                 continue
             x = [c["mean_plan_s"] for c in mine]
             y = [c["success_rate"] for c in mine]
-            errors = [[c["success_rate"] - c["wilson_low"] for c in mine], [c["wilson_high"] - c["success_rate"] for c in mine]]
+            # max(0, ...): at 0/N or N/N the interval's float end can sit a rounding error inside the rate
+            errors = [[max(0.0, c["success_rate"] - c["wilson_low"]) for c in mine],
+                      [max(0.0, c["wilson_high"] - c["success_rate"]) for c in mine]]
             jitter = 1 + 0.02 * (number - 1)  # planners at one budget would hide each other's error bars
             axis.errorbar([v * jitter for v in x], y, yerr=errors, marker="o", capsize=3, label=planner, alpha=0.85)
             for c, xv, yv in zip(mine, x, y):
