@@ -108,7 +108,7 @@ def _sweep(args: argparse.Namespace, cells, context: dict, command: str, steps: 
 
     match = {key: context[key] for key in RESUME_MATCH}
     saved, commands = load_saved(args.out / "quality_per_compute.json", match) if args.resume else ([], [])
-    context = {**context, "commands": [*commands, command]}
+    context = {**context, "commands": list(dict.fromkeys([*commands, command]))}  # a re-run command once
     todo = [cell for cell in cells if not done(saved, cell, steps[cell.task], radius[cell.task])]
     print(f"eval-sweep: {len(cells)} cells ({len(cells) - len(todo)} already measured), "
           f"{sum(cell.episodes for cell in todo)} episodes to run, model {label}, {args.loop} loop", flush=True)

@@ -261,46 +261,59 @@ def _interval(cell: dict) -> str:
 
 
 def plot(path: Path, cells: list[dict], verdicts: dict[str, dict], context: dict) -> None:
-    """Success rate vs seconds per action (log x), one line per planner, one panel per task."""
+    """Success rate (top) and mean final distance (bottom) vs seconds per action (log x), one line per
+    planner through its budgets in order of cost, one column per task."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(dict.fromkeys(cell["task"] for cell in cells))
-    figure, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6 * max(1, len(tasks)), 4.5), squeeze=False)
-    for axis, task in zip(axes[0], tasks):
+    tasks = list(dict.fromkeys(cell["task"] for cell in cells)) or ["-"]
+    figure, axes = plt.subplots(2, len(tasks), figsize=(6 * len(tasks), 8), squeeze=False, sharex="col")
+    for column, task in enumerate(tasks):
+        top, bottom = axes[0][column], axes[1][column]
         for number, planner in enumerate(dict.fromkeys(cell["planner"] for cell in cells)):
-            mine = sorted((c for c in cells if c["task"] == task and c["planner"] == planner
-                           and c["mean_plan_s"] is not None), key=lambda c: c["mean_plan_s"])
+            mine = [c for c in cells if c["task"] == task and c["planner"] == planner and c["mean_plan_s"] is not None]
+            mine.sort(key=lambda c: (c["samples"] * c["iterations"] * c["horizon"], c["horizon"]))
             if not mine:
                 continue
-            x = [c["mean_plan_s"] for c in mine]
-            y = [c["success_rate"] for c in mine]
-            # max(0, ...): at 0/N or N/N the interval's float end can sit a rounding error inside the rate
+            jitter = 1 + 0.02 * (number - 1)  # planners at one time would hide each other's error bars
+            x = [c["mean_plan_s"] * jitter for c in mine]
+            # max(0, ...): a rate and its interval's end may differ by a rounding error
             errors = [[max(0.0, c["success_rate"] - c["wilson_low"]) for c in mine],
                       [max(0.0, c["wilson_high"] - c["success_rate"]) for c in mine]]
-            jitter = 1 + 0.02 * (number - 1)  # planners at one budget would hide each other's error bars
-            axis.errorbar([v * jitter for v in x], y, yerr=errors, marker="o", capsize=3, label=planner, alpha=0.85)
-            for c, xv, yv in zip(mine, x, y):
-                axis.annotate(f"{c['budget']} (n={c['episodes']})", (xv * jitter, yv), textcoords="offset points",
-                              xytext=(4, 4), fontsize=7)
+            line = top.errorbar(x, [c["success_rate"] for c in mine], yerr=errors, marker="o", capsize=3,
+                                label=planner, alpha=0.85)
+            distances = [100 * c["mean_final_distance_m"] for c in mine]
+            bottom.plot(x, distances, marker="o", color=line[0].get_color(), label=planner, alpha=0.85)
+            for c, xv, yv in zip(mine, x, distances):
+                label = f"{c['samples']}x{c['iterations']}" + ("" if c["horizon"] == DEFAULT_HORIZON else f"h{c['horizon']}")
+                bottom.annotate(label, (xv, yv), textcoords="offset points", xytext=(3, 3), fontsize=6,
+                                color=line[0].get_color())
         if task in verdicts:
             verdict = verdicts[task]
-            axis.axvline(verdict["time_limit_s"], color="grey", linestyle="--", linewidth=1,
-                         label="a tenth of the reference's time")
-            axis.axhline(verdict["reference"]["success_rate"], color="grey", linestyle=":", linewidth=1,
-                         label="reference success (cold 400x10h2)")
-        axis.set_xscale("log")
-        axis.set_ylim(-0.05, 1.05)
-        axis.set_xlabel("seconds per action (log)")
-        axis.set_ylabel("success rate (95% Wilson interval)")
-        axis.set_title(f"{context['env']} {task}")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=7, loc="best")
-    figure.suptitle(f"quality per compute: model {context['model']}, seed {context['seed']}", fontsize=10)
+            for axis in (top, bottom):
+                axis.axvline(verdict["time_limit_s"], color="grey", linestyle="--", linewidth=1,
+                             label="a tenth of the reference's time")
+            top.axhline(verdict["reference"]["success_rate"], color="grey", linestyle=":", linewidth=1,
+                        label="reference success (cold 400x10h2)")
+        radius = next((c["success_radius_m"] for c in cells if c["task"] == task), None)
+        if radius is not None:
+            bottom.axhline(100 * radius, color="black", linestyle=":", linewidth=1, label="success radius")
+        top.set_ylim(-0.05, 1.05)
+        top.set_ylabel("success rate (95% Wilson interval)")
+        top.set_title(f"{context['env']} {task}")
+        bottom.set_ylim(bottom=0)
+        bottom.set_ylabel("mean final distance (cm)")
+        bottom.set_xlabel("seconds per action (log)")
+        for axis in (top, bottom):
+            axis.set_xscale("log")
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize=7, loc="best")
+    figure.suptitle(f"quality per compute: model {context['model']}, seed {context['seed']} (episodes per cell: "
+                    "see the table)", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    figure.savefig(path, dpi=80)
     plt.close(figure)
 
 
