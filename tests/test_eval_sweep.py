@@ -58,6 +58,8 @@ def test_the_claim_compares_the_best_cell_within_a_tenth_of_the_reference_time()
     fast_bad = _cell("warm-icem", "64x2h2", 5, 10, 0.2)
     assert not claim([reference, fast_bad, slow_better])["reach"]["holds"]
     assert claim([fast_bad]) == {}  # no reference, nothing claimed
+    nothing = _cell("cold-cem", "400x10h2", 0, 2, 5.0)
+    assert claim([nothing, fast_bad])["reach"]["holds"] is None  # 0/2 matched by 5/10 proves nothing
 
 
 def test_a_tiny_sweep_runs_through_the_service_writes_table_json_plot_and_resumes(tmp_path, capsys):
