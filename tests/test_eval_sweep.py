@@ -59,7 +59,8 @@ def test_the_claim_compares_the_best_cell_within_a_tenth_of_the_reference_time()
     assert not claim([reference, fast_bad, slow_better])["reach"]["holds"]
     assert claim([fast_bad]) == {}  # no reference, nothing claimed
     nothing = _cell("cold-cem", "400x10h2", 0, 2, 5.0)
-    assert claim([nothing, fast_bad])["reach"]["holds"] is None  # 0/2 matched by 5/10 proves nothing
+    assert claim([nothing, fast_bad])["reach"]["holds"] is True  # better than the reference
+    assert claim([nothing, _cell("warm-cem", "64x2h2", 0, 4, 0.2)])["reach"]["holds"] is None  # 0/2 vs 0/4: nothing
 
 
 def test_a_tiny_sweep_runs_through_the_service_writes_table_json_plot_and_resumes(tmp_path, capsys):
