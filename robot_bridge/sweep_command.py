@@ -108,8 +108,9 @@ def _sweep(args: argparse.Namespace, cells, context: dict, command: str, steps: 
 
     match = {key: context[key] for key in RESUME_MATCH}
     saved, commands = load_saved(args.out / "quality_per_compute.json", match) if args.resume else ([], [])
-    context = {**context, "commands": list(dict.fromkeys([*commands, command]))}  # a re-run command once
     todo = [cell for cell in cells if not done(saved, cell, steps[cell.task], radius[cell.task])]
+    # The commands that measured cells (a re-run one once; one that only rewrites the table not at all).
+    context = {**context, "commands": list(dict.fromkeys([*commands, command] if todo else commands))}
     print(f"eval-sweep: {len(cells)} cells ({len(cells) - len(todo)} already measured), "
           f"{sum(cell.episodes for cell in todo)} episodes to run, model {label}, {args.loop} loop", flush=True)
     if not todo:  # everything asked for is measured: only the table and plot are written again

@@ -271,6 +271,7 @@ def plot(path: Path, cells: list[dict], verdicts: dict[str, dict], context: dict
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = list(dict.fromkeys(cell["task"] for cell in cells)) or ["-"]
     figure, axes = plt.subplots(2, len(tasks), figsize=(6 * len(tasks), 8), squeeze=False, sharex="col")
@@ -312,6 +313,7 @@ def plot(path: Path, cells: list[dict], verdicts: dict[str, dict], context: dict
         bottom.set_xlabel("seconds per action (log)")
         for axis in (top, bottom):
             axis.set_xscale("log")
+            axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled minor ticks overlap
             axis.grid(True, which="both", alpha=0.3)
             axis.legend(fontsize=7, loc="best")
     figure.suptitle(f"quality per compute: model {context['model']}, seed {context['seed']} (episodes per cell: "
