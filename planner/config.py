@@ -44,6 +44,10 @@ class PlannerConfig(BaseModel):
         description="hold (zero action, no planning) while the observed latent is this close to the final goal; "
         "None always plans. Stops a reach from dithering around its goal.",
     )
+    warm_start: bool = Field(
+        True, description="start each control step's search from the previous plan shifted by one step; False: every "
+        "step starts from the official initial distribution (mean 0, std maxnorm / 1), as a loop of official cem() calls does",
+    )
     seed: Optional[int] = Field(0, description="noise seed; None draws a fresh seed per planner")
     max_batch: Optional[int] = Field(None, ge=1, description="most samples per model call (None: sized automatically from free device memory on CUDA and from cache size on CPU)")
     autocast_bf16: bool = Field(False, description="run the predictor under bf16 autocast")

@@ -2,7 +2,7 @@
 
 One ``RecedingHorizonController`` serves one robot session. It holds the goal (or a schedule of
 sub-goal latents, as the paper does for pick-and-place), its position in that schedule, and the
-warm start (the previous plan shifted by one step). Every returned action respects the limits of
+warm start (the previous plan shifted by one step; none when ``PlannerConfig.warm_start`` is False). Every returned action respects the limits of
 its ``PlannerConfig``: xyz deltas within +-maxnorm per axis and a target pose inside the workspace box.
 """
 from __future__ import annotations
@@ -254,7 +254,9 @@ class RecedingHorizonController:
             self.warm_start = None
             return ControlStep(*limited, torch.zeros(self.config.horizon, 7), prepared.goal_energy,
                                prepared.goal_energy, prepared.goal_index, 0.0)
-        self.warm_start = plan.state.shifted(self._initial_std)
+        # Cold (warm_start=False): never carry the plan over, so every step, single or batched
+        # (both read the warm start from ``prepare``), starts from the official initial distribution.
+        self.warm_start = plan.state.shifted(self._initial_std) if self.config.warm_start else None
         return ControlStep(
             action=limited[0],
             target_pose=limited[1],

@@ -118,7 +118,7 @@ def _run(plan, args: argparse.Namespace) -> int:
     arm = None
     try:
         image_size = service.model_info()["image_size"]
-        arm, limits = _make_arm(plan.env, image_size, plan.seed)
+        arm, limits = make_arm(plan.env, image_size, plan.seed)
         results = run_episodes(plan, service, endpoint, arm, limits, log=lambda line: print(line, flush=True))
     except RejectedSettings as error:
         print(f"jepa-planner eval: {error}", file=sys.stderr)
@@ -147,7 +147,7 @@ def _run(plan, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _make_arm(env: str, image_size: int, seed: int):
+def make_arm(env: str, image_size: int, seed: int):
     """The simulated arm at the model's image size, and the safety limits it runs under."""
     if env == "robosuite":
         from .robosuite_arm import ROBOSUITE_LIMITS, RobosuiteArm, RobosuiteConfig

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "arm": ("robot_bridge.arm_command", "run a real Franka (franky or pylibfranka) or the sim arm against a service"),
     "demo": ("robot_bridge.eval_command", "closed-loop reaching demo: service + sim arm + goal images"),
     "eval": ("robot_bridge.eval_command", "closed-loop episodes in the sim or robosuite through a service, scored"),
+    "eval-sweep": ("robot_bridge.sweep_command", "quality per compute: success vs seconds per action, planners x budgets"),
     "replay": ("robot_bridge.replay", "stream a recorded episode to a service and report"),
     "collect": ("robot_bridge.collect", "record exploratory sim-arm episodes for training"),
     "convert-franka-example": ("robot_bridge.franka_example", "convert the reference 2-frame Franka example to an episode"),

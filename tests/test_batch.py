@@ -91,6 +91,28 @@ def test_cem_sessions_with_different_samples_goals_and_warm_starts_plan_as_they_
     assert (together[0].plan[0] - together[1].plan[0]).abs().max() > 1e-3
 
 
+def test_cold_sessions_plan_each_batched_round_afresh(model):
+    cold = {"samples": 16, "topk": 4, "iterations": 2, "horizon": 2, "warm_start": False}
+    sessions = [
+        {"seed": 1, "config": PlannerConfig(**cold)},
+        {"seed": 2, "config": PlannerConfig(**cold, optimizer="icem")},
+        {"seed": 3, "config": PlannerConfig(**{**cold, "warm_start": True})},  # a warm session beside them
+    ]
+    first, second = Fleet(model, sessions), Fleet(model, sessions)
+    first.step(model, 0)
+    second.step(model, 5)  # another first observation: another first plan
+    alone, together = first.step(model, 1)
+    assert_same_steps(alone, together)
+    assert_same_controllers(first.alone, first.together)
+    assert [controller.warm_start is None for controller in first.together] == [True, True, False]
+    _, other = second.step(model, 1)
+    # Same observation, same noise position: a cold plan does not depend on what was planned before;
+    # the warm session's does (its search started from its own previous plan).
+    for index in (0, 1):
+        torch.testing.assert_close(other[index].plan, together[index].plan, atol=PLAN_ATOL, rtol=0)
+    assert (other[2].plan - together[2].plan).abs().max() > 1e-3
+
+
 def test_mixed_optimisers_horizons_and_iteration_counts_share_rounds_where_they_can(model):
     sessions = [
         {"seed": 1, "config": PlannerConfig(optimizer="icem", samples=20, topk=5, iterations=3, horizon=2)},

@@ -97,6 +97,27 @@ def test_warm_start_is_the_previous_plan_shifted_and_seeds_the_next_search():
     torch.testing.assert_close(searched, expected.expand_as(searched))
 
 
+def test_warm_start_is_the_default():
+    assert PlannerConfig().warm_start is True
+
+
+def test_cold_steps_ignore_the_previous_plan_and_search_from_the_official_start():
+    world = BlobWorld()
+    config = PlannerConfig(horizon=2, samples=16, topk=4, iterations=1, warm_start=False)
+    # step 1: random noise moves the mean; step 2: zero noise, so its candidates are exactly its
+    # starting mean: the official initial mean 0, not the previous plan shifted
+    draws = [torch.randn(16, 4, generator=torch.Generator().manual_seed(i)) for i in range(2)] + [torch.zeros(16, 4)] * 2
+    controller = RecedingHorizonController(world, config, blob(world, (0.6, 0.05, 0.3)), noise=RecordedNoise(draws))
+    first = controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)))
+    assert first.plan[0, :3].abs().max() > 0  # a real plan was made, and then not carried over
+    assert controller.warm_start is None
+    world.calls.clear()
+    controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)))
+    searched = world.calls[0]["actions"]
+    assert searched.abs().max() == 0
+    assert controller.warm_start is None
+
+
 def test_sessions_keep_separate_state():
     world = BlobWorld()
     goal_a, goal_b = blob(world, (0.6, 0.0, 0.3)), blob(world, (0.4, 0.0, 0.3))

@@ -54,6 +54,9 @@ class EvalPlan:
     radius: float
     planner: dict
     rate: float | None = None  # control Hz; None: the arm's own, slowed to what the planner keeps up with
+    # The paper's loop (ArmClient blocking mode): hold, send one observation, wait for its plan, execute
+    # it for one period, repeat. Every plan is fresh however slow it is, with no pacing to measure first.
+    blocking: bool = False
     out: Path = Path("demo-out")
     label: str = "demo"
 
@@ -65,8 +68,12 @@ def run_episodes(plan: EvalPlan, service: ServiceClient, bridge_endpoint: str, a
     planner = {"workspace_min": list(limits.workspace_low), "workspace_max": list(limits.workspace_high),
                **plan.planner}
     plan = dataclasses.replace(plan, planner=planner)
-    rate = plan.rate or control_rate(service, arm, plan.planner)
-    log(f"control rate {rate:.2f} Hz (each plan must arrive within one period)")
+    if plan.blocking:
+        rate = plan.rate or arm.control_hz
+        log(f"blocking loop at {rate:.2f} Hz (each executed plan answers the observation just before it)")
+    else:
+        rate = plan.rate or control_rate(service, arm, plan.planner)
+        log(f"control rate {rate:.2f} Hz (each plan must arrive within one period)")
     results = []
     for index in range(plan.episodes):
         episode = make_episode(plan.env, arm, np.random.default_rng([plan.seed, index]), plan.task)
@@ -83,7 +90,8 @@ def run_episodes(plan: EvalPlan, service: ServiceClient, bridge_endpoint: str, a
                                           "planner": {**plan.planner, "seed": index}, **schedule})
         recorder = _Recorder(episode, index, plan.steps)
         # Raw frames: JPEG would change the 64 px pixels the model was trained on.
-        client = ArmClient(arm, bridge_endpoint, robot_id, rate, limits, image_format="raw", subscribers=[recorder])
+        client = ArmClient(arm, bridge_endpoint, robot_id, rate, limits, image_format="raw", subscribers=[recorder],
+                           blocking=plan.blocking)
         recorder.client = client
         try:
             # The recorder stops the loop after `steps` executed plans; the cap only guards against
