@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON summary object as the last line")
 
 
+def default_model(env: str) -> str:
+    """Each simulator's embedded model: each was trained on its own camera and scene."""
+    return "robosuite" if env == "robosuite" else "demo"
+
+
 def _usage(message: str) -> int:
     print(f"jepa-planner eval: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -79,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return robosuite_env.rerun_in_robosuite_environment("robot_bridge.eval_command",
                                                            robosuite_env.as_argv(args, add_arguments), "eval")
     os.environ.setdefault("MUJOCO_GL", "egl")  # before the first `import mujoco`
-    if args.model is None:  # each simulator's embedded model was trained on its own camera and scene
-        args.model = "robosuite" if args.env == "robosuite" else "demo"
+    args.model = args.model or default_model(args.env)
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.task]
     if args.episodes < 1 or steps < 1:
         return _usage("--episodes and --steps must be at least 1")

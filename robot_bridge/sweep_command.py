@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from . import robosuite_env
+from .eval_command import default_model
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_BUDGETS = ("64x2h2", "128x4h2", "256x5h2", "400x10h2", "800x10h1")
@@ -42,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="episodes per cell: N, or TASK=N per task (a budget's :MAX_EPISODES caps it)")
     parser.add_argument("--seed", type=int, default=1, help="episode i of every cell uses the seed sequence (seed, i)")
     parser.add_argument("--steps", type=int, default=None, help="executed plans per episode (default: the task's)")
-    parser.add_argument("--model", default="demo", help="preset, .safetensors or .pt (default: the embedded demo model)")
+    parser.add_argument("--model", default=None,
+                        help="preset, embedded model, .safetensors or .pt (default: the env's embedded model: demo for "
+                             "sim, robosuite for robosuite)")
     parser.add_argument("--random-init", action="store_true", help="the same architecture with random weights")
     parser.add_argument("--loop", choices=("blocking", "paced"), default="blocking",
                         help="blocking: the paper's loop, each plan answers the observation just before it (wall "
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage("--http and --endpoint go together (a running service's HTTP URL and bridge endpoint)")
     if args.steps is not None and args.steps < 1:
         return _usage("--steps must be at least 1")
+    args.model = args.model or default_model(args.env)
     tasks = list(dict.fromkeys(args.tasks))
     try:
         budgets = [Budget.parse(text) for text in args.budgets]
