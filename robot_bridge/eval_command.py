@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import robosuite_env
@@ -106,36 +107,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(plan, args: argparse.Namespace) -> int:
     from .evaluation.harness import run_episodes, summarize, write_summary
-    from .service_process import RejectedSettings, ServiceClient, ServiceError, ServiceProcess
+    from .service_process import RejectedSettings, ServiceError
 
     try:
-        if args.http is not None:
-            service_process, url, endpoint = None, args.http, args.endpoint
-        else:
-            service_process = ServiceProcess(args.model, random_init_seed=args.seed if args.random_init else None,
-                                             device=args.device, threads=args.threads).__enter__()
-            url, endpoint = service_process.url, service_process.bridge_endpoint
-    except ServiceError as error:
-        print(f"jepa-planner eval: the model did not load: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    service = ServiceClient(url, os.environ.get("JEPA_API_KEY"))
-    arm = None
-    try:
-        image_size = service.model_info()["image_size"]
-        arm, limits = make_arm(plan.env, image_size, plan.seed)
-        results = run_episodes(plan, service, endpoint, arm, limits, log=lambda line: print(line, flush=True))
+        with service_and_arm(args) as (service, endpoint, arm, limits):
+            results = run_episodes(plan, service, endpoint, arm, limits, log=lambda line: print(line, flush=True))
     except RejectedSettings as error:
         print(f"jepa-planner eval: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ServiceError as error:
         print(f"jepa-planner eval: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    finally:
-        if arm is not None:
-            arm.close()
-        service.close()
-        if service_process is not None:
-            service_process.__exit__(None, None, None)
     summary = summarize(plan, results)
     write_summary(plan, results, summary)
     task_check = (f", robosuite's own check {100 * summary['task_success_rate']:.0f}%"
@@ -149,6 +131,36 @@ def _run(plan, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     return EXIT_OK
+
+
+@contextmanager
+def service_and_arm(args: argparse.Namespace, service_env: dict[str, str] | None = None):
+    """(service client, bridge endpoint, arm, safety limits) for an evaluation: the running service that
+    --http/--endpoint name, or a `serve` process started for it, and the simulated arm at that model's
+    image size; all closed afterwards. A model that does not load is a ServiceError that says so."""
+    from .service_process import ServiceClient, ServiceError, ServiceProcess
+
+    service_process = None
+    if args.http is not None:
+        url, endpoint = args.http, args.endpoint
+    else:
+        try:
+            service_process = ServiceProcess(args.model, random_init_seed=args.seed if args.random_init else None,
+                                             device=args.device, threads=args.threads, env=service_env).__enter__()
+        except ServiceError as error:
+            raise ServiceError(f"the model did not load: {error}") from error
+        url, endpoint = service_process.url, service_process.bridge_endpoint
+    service = ServiceClient(url, os.environ.get("JEPA_API_KEY"))
+    arm = None
+    try:
+        arm, limits = make_arm(args.env, service.model_info()["image_size"], args.seed)
+        yield service, endpoint, arm, limits
+    finally:
+        if arm is not None:
+            arm.close()
+        service.close()
+        if service_process is not None:
+            service_process.__exit__(None, None, None)
 
 
 def make_arm(env: str, image_size: int, seed: int):

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace, cells, context: dict, command: str, steps: dict, radius: dict, label: str,
            plan_budget: int) -> int:
     from .evaluation.sweep import done, load_saved, run_cell, with_cells, write_report
-    from .service_process import RejectedSettings, ServiceClient, ServiceError, ServiceProcess
+    from .service_process import RejectedSettings, ServiceError
 
     match = {key: context[key] for key in RESUME_MATCH}
     saved, commands = load_saved(args.out / "quality_per_compute.json", match) if args.resume else ([], [])
@@ -119,45 +119,28 @@ def _sweep(args: argparse.Namespace, cells, context: dict, command: str, steps: 
           f"{sum(cell.episodes for cell in todo)} episodes to run, model {label}, {args.loop} loop", flush=True)
     if not todo:  # everything asked for is measured: only the table and plot are written again
         return _report(args, context, saved)
-    try:
-        if args.http is not None:
-            service_process, url, endpoint = None, args.http, args.endpoint
-        else:
-            env = {**os.environ, "JEPA_PLAN_BUDGET": str(plan_budget)}
-            service_process = ServiceProcess(args.model, random_init_seed=args.seed if args.random_init else None,
-                                             device=args.device, threads=args.threads, env=env).__enter__()
-            url, endpoint = service_process.url, service_process.bridge_endpoint
-    except ServiceError as error:
-        print(f"jepa-planner eval-sweep: the model did not load: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    from .eval_command import make_arm
+    from .eval_command import service_and_arm
 
-    service = ServiceClient(url, os.environ.get("JEPA_API_KEY"))
-    arm, measured, started = None, list(saved), time.monotonic()
+    measured, started = list(saved), time.monotonic()
     try:
-        arm, limits = make_arm(args.env, service.model_info()["image_size"], args.seed)
-        for number, cell in enumerate(todo, 1):
-            print(f"eval-sweep: cell {number}/{len(todo)} {cell.name}, {cell.episodes} episodes "
-                  f"({time.monotonic() - started:.0f} s into the sweep)", flush=True)
-            result = run_cell(cell, env=args.env, seed=args.seed, steps=steps, radius=radius,
-                              blocking=args.loop == "blocking", media=args.media, label=label, service=service,
-                              endpoint=endpoint, arm=arm, limits=limits, log=lambda line: print(f"  {line}", flush=True))
-            measured = with_cells(measured, result)
-            write_report(args.out, context, measured)  # after every cell: a stopped sweep keeps what it measured
-            print(f"eval-sweep: {cell.name}: {result['successes']}/{result['episodes']}, "
-                  f"{result['mean_plan_s'] or float('nan'):.3f} s/action, {result['wall_s']:.0f} s", flush=True)
+        with service_and_arm(args, {**os.environ, "JEPA_PLAN_BUDGET": str(plan_budget)}) as (service, endpoint, arm, limits):
+            for number, cell in enumerate(todo, 1):
+                print(f"eval-sweep: cell {number}/{len(todo)} {cell.name}, {cell.episodes} episodes "
+                      f"({time.monotonic() - started:.0f} s into the sweep)", flush=True)
+                result = run_cell(cell, env=args.env, seed=args.seed, steps=steps, radius=radius,
+                                  blocking=args.loop == "blocking", media=args.media, label=label, service=service,
+                                  endpoint=endpoint, arm=arm, limits=limits,
+                                  log=lambda line: print(f"  {line}", flush=True))
+                measured = with_cells(measured, result)
+                write_report(args.out, context, measured)  # after every cell: a stopped sweep keeps what it measured
+                print(f"eval-sweep: {cell.name}: {result['successes']}/{result['episodes']}, "
+                      f"{result['mean_plan_s'] or float('nan'):.3f} s/action, {result['wall_s']:.0f} s", flush=True)
     except RejectedSettings as error:
         print(f"jepa-planner eval-sweep: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ServiceError as error:
         print(f"jepa-planner eval-sweep: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    finally:
-        if arm is not None:
-            arm.close()
-        service.close()
-        if service_process is not None:
-            service_process.__exit__(None, None, None)
     print(f"eval-sweep: {time.monotonic() - started:.0f} s", flush=True)
     return _report(args, context, measured)
 
