@@ -138,17 +138,14 @@ def service_and_arm(args: argparse.Namespace, service_env: dict[str, str] | None
     """(service client, bridge endpoint, arm, safety limits) for an evaluation: the running service that
     --http/--endpoint name, or a `serve` process started for it, and the simulated arm at that model's
     image size; all closed afterwards. A model that does not load is a ServiceError that says so."""
-    from .service_process import ServiceClient, ServiceError, ServiceProcess
+    from .service_process import ServiceClient, ServiceProcess
 
     service_process = None
     if args.http is not None:
         url, endpoint = args.http, args.endpoint
     else:
-        try:
-            service_process = ServiceProcess(args.model, random_init_seed=args.seed if args.random_init else None,
-                                             device=args.device, threads=args.threads, env=service_env).__enter__()
-        except ServiceError as error:
-            raise ServiceError(f"the model did not load: {error}") from error
+        service_process = ServiceProcess(args.model, random_init_seed=args.seed if args.random_init else None,
+                                         device=args.device, threads=args.threads, env=service_env).__enter__()
         url, endpoint = service_process.url, service_process.bridge_endpoint
     service = ServiceClient(url, os.environ.get("JEPA_API_KEY"))
     arm = None

@@ -240,7 +240,8 @@ def _load_modules(source: str | os.PathLike, config: ModelConfig | None, hints: 
         return WorldModel.from_config(config or PRESETS[name], seed)
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"{source!r} is neither a file nor a preset ({', '.join(PRESETS)})")
+        raise FileNotFoundError(f"{source!r} is neither a file, an embedded model ({', '.join(EMBEDDED_WEIGHTS)}) "
+                                f"nor a preset ({', '.join(PRESETS)})")
     return _from_file(path, config, hints)
 
 
