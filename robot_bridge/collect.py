@@ -37,6 +37,8 @@ from robot_bridge.poses import pose_difference
 from robot_bridge.sim import HOME_STATE, Box, SimArm, SimConfig
 
 CUBE_FEATURE = ["cube_x", "cube_y", "cube_z"]
+# What every collected frame carries besides image and state, whichever simulator recorded it.
+RECORDED_FEATURES = {JOINTS: JOINT_NAMES, COMMANDED_ACTION: POSE_NAMES, ENVIRONMENT_STATE: CUBE_FEATURE}
 PUSH_HEIGHT = 0.03          # TCP height while pushing: fingertips ~2 cm above the table, mid-cube
 APPROACH_HEIGHT = 0.12
 BEHIND_CUBE = 0.09          # start a push this far behind the cube centre
@@ -172,7 +174,6 @@ class SimScene:
     def __init__(self, image_size: int, control_hz: float, seed: int):
         self.arm = SimArm(SimConfig(image_height=image_size, image_width=image_size, control_hz=control_hz), seed=seed)
         self.reference = HOME_STATE
-        self.features = {JOINTS: JOINT_NAMES, COMMANDED_ACTION: POSE_NAMES, ENVIRONMENT_STATE: CUBE_FEATURE}
 
     def reset(self, rng: np.random.Generator, config: ExplorationConfig) -> None:
         self.arm.reset(seed=int(rng.integers(2**31)), randomize_arm=rng.random() < config.random_start_fraction)
@@ -246,7 +247,7 @@ def collect(
             out,
             fps=control_hz,
             image_shape=(image_size, image_size, 3),
-            optional_features=scene.features,
+            optional_features=RECORDED_FEATURES,
             extra_info=provenance,
             video=video,
         ) as writer:

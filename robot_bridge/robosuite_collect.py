@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robot_bridge.collect import CUBE_FEATURE, ExplorationConfig
-from robot_bridge.episodes import COMMANDED_ACTION, ENVIRONMENT_STATE, JOINT_NAMES, JOINTS, POSE_NAMES
+from robot_bridge.collect import ExplorationConfig
 from robot_bridge.evaluation.tasks import RS_DRIVE_PERIODS, RS_START_HIGH, RS_START_LOW
 from robot_bridge.robosuite_arm import TABLE_Z, RobosuiteArm, RobosuiteConfig
 from robot_bridge.sim import Box
@@ -31,7 +30,6 @@ class RobosuiteScene:
         # Every target keeps the home orientation (pointing down), as the evaluation tasks do.
         self.reference = self.arm.state().copy()
         self.reference[6] = 0.0
-        self.features = {JOINTS: JOINT_NAMES, COMMANDED_ACTION: POSE_NAMES, ENVIRONMENT_STATE: CUBE_FEATURE}
 
     def reset(self, rng: np.random.Generator, config: ExplorationConfig) -> None:
         episode_rng = np.random.default_rng(int(rng.integers(2**63)))

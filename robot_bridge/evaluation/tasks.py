@@ -226,8 +226,7 @@ class RobosuiteEpisode(Episode):
             pushed = cube + (fraction * push - CONTACT_OFFSET) * direction
             poses.append(_pose_at(start, [pushed[0], pushed[1], low_z], 1.0))
         poses += [_pose_at(start, [pushed[0], pushed[1], high_z], 1.0), start]
-        images, final_cube = self._run_stages(poses)
-        return images, final_cube
+        return self._run_stages(poses)
 
     def _lift_subgoals(self) -> list[np.ndarray]:
         """Above the cube (open), around it (open), grasped (closed), lifted: a scripted grasp rendered
