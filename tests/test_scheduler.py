@@ -19,11 +19,12 @@ from test_api import FAST_PLANNER, act, assert_error, png_bytes
 from test_server_act_timeout import metric, wait_until_worker_idle
 from test_server_bridge import observation, receive_one, say_hello
 
-# Under a second per plan on an idle 2-core CPU (4 CEM iterations of 256 samples; a few seconds when shared).
-HEAVY_PLANNER = {"samples": 256, "iterations": 4, "horizon": 1}
-# 64 iterations of 256 samples: tens of seconds if nothing stops it.
-ENDLESS_PLANNER = {"samples": 256, "iterations": 64, "horizon": 1}
-BUDGET = 256 * 64 * 1 * 9   # the tiny model has 9 tokens per frame: ENDLESS_PLANNER is the most allowed
+# ~0.4 s per plan on an idle 2-core EPYC (4 CEM iterations of 2048 samples; 256 samples took ~50 ms there,
+# faster than the 20 Hz stream below, so nothing was ever superseded).
+HEAVY_PLANNER = {"samples": 2048, "iterations": 4, "horizon": 1}
+# 64 iterations of 8192 samples: ~30 s on that CPU if nothing stops it (256 samples ended within 0.5 s).
+ENDLESS_PLANNER = {"samples": 8192, "iterations": 64, "horizon": 1}
+BUDGET = 8192 * 64 * 1 * 9   # the tiny model has 9 tokens per frame: ENDLESS_PLANNER is the most allowed
 
 
 @pytest.fixture(scope="module")
