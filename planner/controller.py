@@ -25,13 +25,19 @@ from planner.pose import compose_pose
 from planner.search import Plan, PlanCancelled, SearchState, ShouldStop, initial_state, plans_on_host
 
 
+# A sub-goal is passed once the observation is closer to it than this fraction of its distance from
+# the previous sub-goal (or than its own threshold, whichever is smaller); see _switch_threshold.
+SEPARATION_FRACTION = 0.5
+
+
 @dataclass(frozen=True)
 class SubGoal:
     """A goal latent (N, D) and when to move on to the next one (whichever comes first).
 
     ``max_steps``: after this many control steps on this goal. ``energy_threshold``: as soon as the
-    observed latent is this close to the goal (same energy kind as the planner, final-frame form).
-    The last goal of a schedule is never left.
+    observed latent is this close to the goal (same energy kind as the planner, final-frame form), and
+    closer than half its distance from the previous goal (SEPARATION_FRACTION). The last goal of a
+    schedule is never left.
     """
 
     latent: torch.Tensor
@@ -143,10 +149,19 @@ class RecedingHorizonController:
         goals = list(goals)
         if not goals:
             raise ValueError("at least one goal latent is needed")
-        self.goals = [
-            SubGoal(as_frame_latent(g.latent, "goal latent").to(self.device), g.max_steps, g.energy_threshold) for g in goals
-        ]
+        latents = [as_frame_latent(g.latent, "goal latent").to(self.device) for g in goals]
+        self.goals = [SubGoal(latent, goal.max_steps, self._switch_threshold(goal, latents[:i]))
+                      for i, (goal, latent) in enumerate(zip(goals, latents))]
         self.reset()
+
+    def _switch_threshold(self, goal: SubGoal, earlier: list[torch.Tensor]) -> Optional[float]:
+        """The goal's energy threshold, but never more than SEPARATION_FRACTION of its energy from the
+        sub-goal before it: a sub-goal that looks almost like the previous one (the gripper closed at the
+        same place) is not passed on sight of the previous one; it runs its max_steps instead."""
+        if goal.energy_threshold is None or not earlier:
+            return goal.energy_threshold
+        separation = float(frame_distance(earlier[-1], goal.latent.to(self.device), self.config.energy))
+        return min(goal.energy_threshold, SEPARATION_FRACTION * separation)
 
     def reset(self) -> None:
         """Back to the first goal, forget the warm start (a new episode of the same session)."""

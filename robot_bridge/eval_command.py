@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", choices=("sim", "robosuite"), default="sim",
                         help="sim: the project's MuJoCo arm; robosuite: robosuite's Panda (default %(default)s)")
     parser.add_argument("--task", choices=("reach", "push", "lift"), default="reach",
-                        help="sim: reach or push; robosuite: reach or lift (default %(default)s)")
+                        help="sim: reach or push; robosuite: reach, push or lift (default %(default)s)")
     parser.add_argument("--episodes", type=int, default=3, help="episodes to run (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="episode i uses the seed sequence (seed, i)")
     parser.add_argument("--model", default=None,
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="executed plans per episode (default 30 for reach, 80 for push, 60 for lift)")
     parser.add_argument("--success-radius", type=float, default=None,
-                        help="metres (default 0.05 for reach, 0.03 for push)")
+                        help="metres (default 0.05 for reach, 0.03 for push; lift is judged by robosuite's own check)")
     parser.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: the arm's, 4 Hz)")
     parser.add_argument("--samples", type=int, default=None,
                         help=f"CEM samples per iteration (default {DEMO_PLANNER['samples']}, {PUSH_SAMPLES} for push)")

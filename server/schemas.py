@@ -72,7 +72,8 @@ class SessionCreate(BaseModel):
     subgoal_max_steps: int | None = Field(None, ge=1, le=100_000,
                                           description="move to the next sub-goal after this many actions")
     subgoal_energy_threshold: float | None = Field(None, ge=0.0, le=1e6, allow_inf_nan=False,
-                                                   description="move to the next sub-goal once the observed energy is below this")
+                                                   description="move to the next sub-goal once the observed energy is below this "
+                                                               "(and below half the sub-goal's energy from the one before)")
 
     @model_validator(mode="after")
     def _one_goal_form(self) -> "SessionCreate":

@@ -60,6 +60,22 @@ def test_sub_goal_switches_when_its_energy_falls_below_threshold():
     assert controller.goal_index == 0 and controller.warm_start is None
 
 
+def test_a_sub_goal_that_looks_like_the_previous_one_is_held_for_its_steps_not_passed_on_sight():
+    """Lift's grasp: 'at the cube, closed' looks almost like 'at the cube, open'. Standing on the open one
+    is within any threshold of the closed one too, so it would be passed before the gripper moved."""
+    world = BlobWorld()
+    at_cube, grasped, lifted = (0.5, 0.0, 0.3), (0.5005, 0.0, 0.3), (0.5, 0.0, 0.42)
+    goals = [SubGoal(blob(world, at_cube), max_steps=3, energy_threshold=1e6),
+             SubGoal(blob(world, grasped), max_steps=3, energy_threshold=1e6), SubGoal(blob(world, lifted))]
+    controller = RecedingHorizonController(world, PlannerConfig(**FAST), goals)
+    assert controller.goals[1].energy_threshold < 1e-2 < controller.goals[0].energy_threshold
+    here = blob(world, at_cube)
+    indices = [controller.step(here, pose(at_cube)).goal_index for _ in range(5)]
+    assert indices == [1, 1, 1, 2, 2]   # past the first on sight, then the look-alike's 3 steps
+    controller.reset()   # standing on the look-alike itself passes it on sight
+    assert controller.step(blob(world, grasped), pose(grasped)).goal_index == 2
+
+
 def test_holds_on_arrival_at_the_final_goal_and_plans_again_when_off_it():
     world = BlobWorld()
     goal = (0.55, 0.05, 0.3)
