@@ -12,8 +12,11 @@ Conventions, translated at this boundary and nowhere else:
   The site's home yaw is +pi/2; a fixed tool offset (a +pi/2 turn about the tool axis) makes the
   home pose read roll = pi (pointing down), pitch -0.12, yaw 0.02, as in DROID's convention. Like
   DROID's, roll sits at the +-pi wrap when pointing straight down; SafetyLimits compares wrapped angles.
-- targets go to OSC_POSE with absolute inputs in the base frame; the gripper command uses only its
-  sign (close when the target's gripper is above 0.5).
+- targets go to OSC_POSE with absolute inputs in the base frame. robosuite's gripper takes only
+  open or close, so a target's gripper is read against the measured one: more closed than it by
+  GRIPPER_DEADBAND closes, more open opens, anything in between keeps the last command. Fingers
+  around Lift's cube read ~0.3 closed, so the former rule (close above 0.5) let go of every grasped
+  cube on the first plan with a zero gripper delta (achieved-delta labels make that "keep holding").
 - robosuite's controllers run at their usual 20 Hz and one period of ours is several of their steps
   with the same target: the Panda gripper moves a fixed 10% of its travel per robosuite step, so at
   4 robosuite steps per second closing took 10 periods (2.5 s) and scripted grasps closed on nothing.
@@ -40,6 +43,7 @@ from robot_bridge.arm import STATE_DIM, Arm, Observation, SafetyLimits
 from robot_bridge.poses import euler_to_matrix, matrix_to_euler
 
 GRIP_SITE = "gripper0_right_grip_site"
+GRIPPER_DEADBAND = 0.1  # of the 0 (open) .. 1 (closed) scale: a target this close to the measured keeps the command
 BASE_BODY = "robot0_base"
 CAMERA = "sideview"
 FINGER_TRAVEL_M = 0.04  # each Panda finger slides 0 .. 0.04 m
@@ -140,6 +144,7 @@ class RobosuiteArm(Arm):
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
             self._renderer.scene.flags[flag] = False
         self._held_pose: np.ndarray | None = None
+        self._gripper_closed = self._fingers_closing()
 
     # ---- Arm interface -------------------------------------------------------------------
     @property
@@ -172,6 +177,7 @@ class RobosuiteArm(Arm):
         """robosuite's own reset: the task's object placement and the arm's initial-joint noise."""
         self.env.reset()
         self._held_pose = None
+        self._gripper_closed = self._fingers_closing()
         return self.observe()
 
     def drive_to(self, pose: np.ndarray, periods: int) -> None:
@@ -190,6 +196,7 @@ class RobosuiteArm(Arm):
         self.env.sim.set_state_from_flattened(saved)
         self.env.sim.forward()
         self._held_pose = None
+        self._gripper_closed = self._fingers_closing()
 
     def object_position(self, body: str = "cube_main") -> np.ndarray:
         """A task object's position in the robot's base frame (Lift's cube is `cube_main`)."""
@@ -223,10 +230,18 @@ class RobosuiteArm(Arm):
     def _base_rotation(self) -> np.ndarray:
         return self.data.xmat[self._base].reshape(3, 3)
 
+    def _fingers_closing(self) -> bool:
+        """After a reset or a restored state: whether the fingers stand closed at all (on a cube or shut)."""
+        return bool(self.state()[6] > GRIPPER_DEADBAND)
+
     def _step_towards(self, pose: np.ndarray) -> None:
         rotation = euler_to_matrix(pose[3:6]) @ TOOL_OFFSET.T  # our tool frame -> robosuite's grip site
-        gripper = 1.0 if pose[6] > 0.5 else -1.0
-        action = np.concatenate([pose[:3], _rotation_vector(rotation), [gripper]])
+        measured = self.state()[6]
+        if pose[6] > measured + GRIPPER_DEADBAND:
+            self._gripper_closed = True
+        elif pose[6] < measured - GRIPPER_DEADBAND:
+            self._gripper_closed = False
+        action = np.concatenate([pose[:3], _rotation_vector(rotation), [1.0 if self._gripper_closed else -1.0]])
         for _ in range(self._substeps):
             self.env.step(action)
 

@@ -95,6 +95,38 @@ print(json.dumps({"goals": len(episode.goal_images), "untouched": untouched, "be
     assert report["before"] is False and report["after"] is True, "the scripted grasp the goals show really lifts"
 
 
+def test_a_grasped_cube_stays_held_under_zero_gripper_deltas_and_holds_and_drops_when_asked_to_open():
+    """Fingers around the cube read ~0.3 closed: a plan that keeps that reading (zero gripper delta, as
+    achieved-delta labels teach) or a hold must keep the cube; a target well below it lets go."""
+    script = """
+import json, numpy as np
+from robot_bridge.robosuite_arm import RobosuiteArm, RobosuiteConfig
+from robot_bridge.evaluation.tasks import _pose_at
+arm = RobosuiteArm(RobosuiteConfig(), seed=4)
+arm.reset()
+start, cube = arm.state(), arm.object_position().copy()
+for position, gripper in ((cube + [0, 0, 0.1], 0.0), (cube, 0.0), (cube, 1.0), (cube + [0, 0, 0.1], 1.0)):
+    arm.drive_to(_pose_at(start, position, gripper), 8)
+holding = float(arm.state()[6])
+for _ in range(4):
+    arm.move_to(arm.state())          # the planner's zero delta: the measured pose as the target
+arm.move_to(_pose_at(start, arm.state()[:3] + [0, 0, 0.03], arm.state()[6]))
+for _ in range(4):
+    arm.hold()
+kept = arm.check_success()
+opened = arm.state(); opened[6] = max(0.0, opened[6] - 0.3)
+for _ in range(6):
+    arm.move_to(opened)
+print(json.dumps({"holding": holding, "kept": kept, "dropped": not arm.check_success()}))
+"""
+    done = subprocess.run([str(ROBOSUITE_PYTHON), "-c", script], capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0.1 < report["holding"] < 0.5, report   # partly closed: the cube is between the fingers
+    assert report["kept"], "zero gripper deltas and holds must keep a grasped cube lifted"
+    assert report["dropped"], "a target more open than the fingers must open them"
+
+
 def test_collect_in_robosuite_records_grasps_that_lift_the_cube_and_repeats_under_its_seed(tmp_path):
     from robot_bridge.episodes import ENVIRONMENT_STATE, EpisodeReader
 
