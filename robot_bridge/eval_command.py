@@ -27,6 +27,9 @@ DEMO_PLANNER = {"horizon": 1, "samples": 128, "topk": 10, "iterations": 4, "maxn
 # Pushing needs a finer search: on the tuning seed (100) 256 samples pushed 6 of 10 cubes to within
 # 3 cm and 128 samples 3 of 10 (horizon 2 at 128 was no better), with one push sub-goal.
 PUSH_SAMPLES = 256
+# Lifting needs two imagined steps: from the open hand at the cube, only "close, then raise" shows the
+# cube carried up as its raised sub-goal does; one step sees no difference between closing and not.
+LIFT_HORIZON = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"CEM samples per iteration (default {DEMO_PLANNER['samples']}, {PUSH_SAMPLES} for push)")
     parser.add_argument("--topk", type=int, default=DEMO_PLANNER["topk"], help="CEM elites per iteration")
     parser.add_argument("--iterations", type=int, default=DEMO_PLANNER["iterations"], help="CEM iterations")
-    parser.add_argument("--horizon", type=int, default=DEMO_PLANNER["horizon"], help="planning horizon")
+    parser.add_argument("--horizon", type=int, default=None,
+                        help=f"planning horizon (default {DEMO_PLANNER['horizon']}, {LIFT_HORIZON} for lift)")
     parser.add_argument("--maxnorm", type=float, default=DEMO_PLANNER["maxnorm"],
                         help="per-axis limit of one planned step in metres (default %(default)s)")
     parser.add_argument("--arrival-energy", type=float, default=None,
@@ -92,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.http is None) != (args.endpoint is None):
         return _usage("--http and --endpoint go together (a running service's HTTP URL and bridge endpoint)")
     samples = args.samples if args.samples is not None else (PUSH_SAMPLES if args.task == "push" else DEMO_PLANNER["samples"])
+    horizon = args.horizon or (LIFT_HORIZON if args.task == "lift" else DEMO_PLANNER["horizon"])
     planner = {**DEMO_PLANNER, "samples": samples, "topk": args.topk, "iterations": args.iterations,
-               "horizon": args.horizon, "maxnorm": args.maxnorm, "arrival_energy": args.arrival_energy}
+               "horizon": horizon, "maxnorm": args.maxnorm, "arrival_energy": args.arrival_energy}
     radius = args.success_radius if args.success_radius is not None else DEFAULT_RADIUS_M[args.task]
     from .evaluation.harness import EvalPlan
 

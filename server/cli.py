@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("world_model.training.command", "train or post-train a world model"),
     "convert": ("robot_bridge.convert", "LeRobot v3.0 datasets, older recordings or the Franka example to episodes"),
     "energy": ("planner.energy_landscape", "plot the energy landscape over an action grid to PNG"),
+    "grasp-scenes": ("robot_bridge.evaluation.grasp_scenes", "robosuite scenes: close-then-raise vs raise at the cube"),
+    "probe-grasp": ("planner.grasp_probe", "does a model imagine a closed hand carrying the cube? (on grasp-scenes)"),
     "keys": ("robot_bridge.keys", "generate ZeroMQ CURVE key pairs"),
     "gpu-check": ("server.gpu_check", "on a CUDA machine: parity, bf16, ViT-g plan and fleet benchmarks, one JSON"),
 }

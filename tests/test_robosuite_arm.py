@@ -127,6 +127,25 @@ print(json.dumps({"holding": holding, "kept": kept, "dropped": not arm.check_suc
     assert report["dropped"], "a target more open than the fingers must open them"
 
 
+def test_grasp_scenes_show_a_closed_hand_carrying_the_cube_and_probe_grasp_compares_real_with_imagined(tmp_path):
+    """grasp-scenes re-runs itself in robosuite's environment; probe-grasp reads its file with the
+    embedded robosuite model: the encoder must see the carried cube (a clear real gap)."""
+    scenes = tmp_path / "scenes.npz"
+    made = subprocess.run([sys.executable, "-m", "server.cli", "grasp-scenes", "--out", str(scenes), "--scenes", "2"],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert made.returncode == 0, made.stderr[-2000:]
+    with np.load(scenes) as data:
+        assert data["start_image"].shape == (2, 64, 64, 3) and data["closed_states"].shape == (2, 2, 7)
+        assert np.all(data["closed_cube_rise"] > 0.01), data["closed_cube_rise"]   # close, raise: carried
+        assert np.all(np.abs(data["open_cube_rise"]) < 0.005), data["open_cube_rise"]  # raise alone: left behind
+    probed = subprocess.run([sys.executable, "-m", "server.cli", "probe-grasp", "--scenes", str(scenes), "--json"],
+                            capture_output=True, text=True, timeout=300, env=ENV)
+    assert probed.returncode == 0, probed.stderr[-2000:]
+    summary = json.loads(probed.stdout.strip().splitlines()[-1])
+    assert summary["scenes"] == 2 and summary["real_gap"] > 0.03, summary
+    assert np.isfinite(summary["imagined_gap"])
+
+
 def test_collect_in_robosuite_records_grasps_that_lift_the_cube_and_repeats_under_its_seed(tmp_path):
     from robot_bridge.episodes import ENVIRONMENT_STATE, EpisodeReader
 

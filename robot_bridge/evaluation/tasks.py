@@ -158,6 +158,10 @@ RS_GOAL_LOW, RS_GOAL_HIGH = np.array([0.32, -0.25, -0.05]), np.array([0.68, 0.25
 RS_DRIVE_PERIODS = 8  # control periods to settle on a scripted pose (a 5 cm OSC step settles in ~4)
 RS_REACHED_M = 0.01
 LIFT_APPROACH_M = 0.10  # above the cube before going down to it
+# The grasp sub-goal shows the cube already raised this far in the closed hand: fingers closing at the
+# cube change ~1 pixel of a 64 px frame (energies 0.556 vs 0.555 closed vs open), a cube carried 4 cm
+# up is plain (0.11 vs 0.21 against an open hand raised as far), so a 2-step plan can tell them apart.
+LIFT_RAISED_M = 0.04
 LIFT_HEIGHT_M = 0.12  # how far the final goal image shows the cube lifted
 
 
@@ -229,15 +233,17 @@ class RobosuiteEpisode(Episode):
         return self._run_stages(poses)
 
     def _lift_subgoals(self) -> list[np.ndarray]:
-        """Above the cube (open), around it (open), grasped (closed), lifted: a scripted grasp rendered
-        stage by stage, as V-JEPA 2-AC plans pick-and-place with sub-goal images."""
+        """Above the cube (open), around it (open), raised a little in the closed hand, lifted: a scripted
+        grasp rendered stage by stage, as V-JEPA 2-AC plans pick-and-place with sub-goal images. The
+        grasp itself (closed at the cube) is driven but not a sub-goal: it looks like the open hand."""
         cube = self.arm.object_position()
         above, at = cube + [0.0, 0.0, LIFT_APPROACH_M], cube.copy()
-        lifted = cube + [0.0, 0.0, LIFT_HEIGHT_M]
+        raised, lifted = cube + [0.0, 0.0, LIFT_RAISED_M], cube + [0.0, 0.0, LIFT_HEIGHT_M]
         start = self.start_state
         poses = [_pose_at(start, above, 0.0), _pose_at(start, at, 0.0), _pose_at(start, at, 1.0),
-                 _pose_at(start, lifted, 1.0)]
-        return self._render_stages(poses)
+                 _pose_at(start, raised, 1.0), _pose_at(start, lifted, 1.0)]
+        stages = self._render_stages(poses)
+        return stages[:2] + stages[3:]
 
     def distance(self) -> float:
         if self.task == "lift":

@@ -1,0 +1,92 @@
+"""`jepa-planner probe-grasp`: does a world model know that a closed hand carries the cube?
+
+Lifting with visual sub-goals needs the predictor to imagine the cube rising with a closed hand and
+staying with an open one; otherwise "close, then raise" and "raise" score the same against the
+raised sub-goal and CEM's choice of gripper is a coin toss. On scenes from `jepa-planner
+grasp-scenes`, this compares:
+
+- real gap: energy of the real "raise without closing" outcome minus that of "close, then raise",
+  both against the raised sub-goal (what the encoder sees happen);
+- imagined gap: the same difference for the frames the predictor imagines from the start frame for
+  the same two achieved actions (what the planner would see).
+
+An imagined gap near zero while the real one is clearly positive says the predictor, not the
+planner or the sub-goals, is what keeps lift from working.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planner.energy import frame_distance
+from planner.pose import pose_difference
+
+BRANCHES = ("closed", "open")
+REQUIRED_KEYS = ("start_image", "start_state", "goal_image",
+                 *(f"{branch}_{part}" for branch in BRANCHES for part in ("states", "image")))
+
+
+def scene_gaps(model, scenes: dict[str, np.ndarray]) -> list[dict[str, float]]:
+    """Per scene: real and imagined final-frame energies of both branches against the goal."""
+    rows = []
+    for index in range(len(scenes["start_image"])):
+        start_latent = model.encode(scenes["start_image"][index])
+        goal = model.encode(scenes["goal_image"][index])[0]
+        start_state = torch.as_tensor(scenes["start_state"][index], dtype=torch.float32)
+        row: dict[str, float] = {}
+        for branch in BRANCHES:
+            states = torch.as_tensor(scenes[f"{branch}_states"][index], dtype=torch.float32)
+            path = torch.stack([start_state, states[0], states[1]])
+            actions = pose_difference(path[:-1], path[1:])
+            imagined = model.rollout(start_latent, actions[None], path[None, :-1])[0, -1]
+            row[f"imagined_{branch}"] = float(frame_distance(imagined, goal))
+            row[f"real_{branch}"] = float(frame_distance(model.encode(scenes[f"{branch}_image"][index])[0], goal))
+        row["real_gap"] = row["real_open"] - row["real_closed"]
+        row["imagined_gap"] = row["imagined_open"] - row["imagined_closed"]
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
+    real, imagined = (float(np.mean([r[key] for r in rows])) for key in ("real_gap", "imagined_gap"))
+    return {"scenes": len(rows), "real_gap": real, "imagined_gap": imagined,
+            "imagined_over_real": imagined / real if real > 0 else float("nan")}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenes", type=Path, required=True, help="the .npz from `jepa-planner grasp-scenes`")
+    parser.add_argument("--model", default="robosuite", help="embedded model, .safetensors or .pt (default %(default)s)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from world_model import load_world_model
+
+    try:
+        with np.load(args.scenes) as data:
+            scenes = {key: data[key] for key in data.files}
+        missing = set(REQUIRED_KEYS) - set(scenes)
+        if missing:
+            raise ValueError(f"not a grasp-scenes file: it lacks {', '.join(sorted(missing))}")
+        model = load_world_model(args.model, device=args.device)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        print(f"jepa-planner probe-grasp: {error}", file=sys.stderr)
+        return 2
+    rows = scene_gaps(model, scenes)
+    for index, row in enumerate(rows):
+        print(f"scene {index}: real closed {row['real_closed']:.3f} open {row['real_open']:.3f} | "
+              f"imagined closed {row['imagined_closed']:.3f} open {row['imagined_open']:.3f}")
+    summary = {"model": args.model, **summarize(rows)}
+    print(f"open-minus-closed energy gap against the raised sub-goal: real {summary['real_gap']:.3f}, "
+          f"imagined {summary['imagined_gap']:.3f} ({100 * summary['imagined_over_real']:.0f}% of real)")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
