@@ -52,12 +52,16 @@ class ExplorationConfig:
     gripper_toggle_probability: float = 0.15
     workspace: Box = field(default_factory=lambda: Box((0.3, -0.25, 0.02), (0.65, 0.25, 0.35)))
     grasp_fraction: float = 0.0
+    # Share of grasp episodes that raise with the fingers still open, leaving the cube on the table: without
+    # them every raise from around the cube carries it, and a model imagines carrying whatever the gripper does.
+    open_raise_fraction: float = 0.0
     table_z: float = 0.0  # the table top's height in the arm's frame (robosuite: 0.112 m below the base)
 
     def __post_init__(self):
         if not 0 < self.max_step_m <= 0.2:
             raise ValueError(f"max step must be in (0, 0.2] m, got {self.max_step_m}")
-        for name in ("push_fraction", "random_start_fraction", "gripper_toggle_probability", "grasp_fraction"):
+        for name in ("push_fraction", "random_start_fraction", "gripper_toggle_probability", "grasp_fraction",
+                     "open_raise_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.push_fraction + self.grasp_fraction > 1:
@@ -138,8 +142,11 @@ class ExplorationPolicy:
         at = cube + np.append(self._rng.normal(0.0, 0.004, size=2), 0.0)
         above = at + [0.0, 0.0, APPROACH_HEIGHT]
         lifted = at + [0.0, 0.0, self._rng.uniform(*GRASP_LIFT_M)]
-        self._waypoints = [(clip(above), 0.0, 0), (clip(at), 0.0, 0), (clip(at), 1.0, GRASP_DWELL_STEPS),
-                           (clip(lifted), 1.0, 0)]
+        # Drawn only when asked for, so datasets recorded without open raises stay reproducible.
+        closing = not (self._config.open_raise_fraction > 0 and self._rng.random() < self._config.open_raise_fraction)
+        grip = 1.0 if closing else 0.0
+        self._waypoints = [(clip(above), 0.0, 0), (clip(at), 0.0, 0), (clip(at), grip, GRASP_DWELL_STEPS),
+                           (clip(lifted), grip, 0)]
 
     def _explore_delta(self, position: np.ndarray) -> np.ndarray:
         if self._segment_left == 0:
@@ -276,6 +283,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of episodes that push the cube (default 0.3 sim, 0.25 robosuite)")
     parser.add_argument("--grasp-fraction", type=float, default=None,
                         help="share of episodes that grasp and lift the cube (default 0 sim, 0.4 robosuite)")
+    parser.add_argument("--open-raise-fraction", type=float, default=None,
+                        help="share of those that raise with the fingers open, leaving the cube (default 0)")
     parser.add_argument("--video", action="store_true",
                         help="store frames as AV1 mp4 video (LeRobot's default; lossy) instead of embedded PNGs")
     parser.add_argument("--no-progress", action="store_true")
@@ -294,6 +303,8 @@ def exploration_for(args: argparse.Namespace) -> ExplorationConfig:
         overrides["push_fraction"] = args.push_fraction
     if args.grasp_fraction is not None:
         overrides["grasp_fraction"] = args.grasp_fraction
+    if args.open_raise_fraction is not None:
+        overrides["open_raise_fraction"] = args.open_raise_fraction
     return replace(base, **overrides)
 
 

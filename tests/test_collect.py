@@ -78,3 +78,38 @@ def test_bad_arguments_are_usage_errors(dataset, tmp_path, capsys):
     assert cli.main(["collect", "--out", unused, "--episodes", "0"]) == 2
     assert cli.main(["collect", "--out", unused, "--max-step", "-1", "--no-progress"]) == 2
     assert not (tmp_path / "unused").exists()
+
+
+def grasp_targets(open_raise_fraction: float, seed: int = 3) -> list[np.ndarray]:
+    """Targets of one grasp episode, stepping the state straight onto each target (no physics)."""
+    config = collect.ExplorationConfig(push_fraction=0.0, grasp_fraction=1.0, open_raise_fraction=open_raise_fraction)
+    cube = np.array([0.5, 0.0, 0.04])
+    state = np.array([0.5, 0.0, 0.3, np.pi, 0.0, 0.0, 0.0])
+    policy = collect.ExplorationPolicy(np.random.default_rng(seed), config, cube, state)
+    targets = []
+    for _ in range(20):
+        state = policy.next_target(state)
+        targets.append(state.copy())
+    return targets
+
+
+def test_open_raise_grasp_episodes_rise_from_the_cube_with_the_fingers_open():
+    closing, opening = grasp_targets(0.0), grasp_targets(1.0)
+    assert max(t[6] for t in closing) == 1.0 and max(t[6] for t in opening) == 0.0
+    # Both go down to the cube and back up on the same path (then explore), only the fingers differ.
+    heights = [t[2] for t in opening]
+    lowest = len(heights) - 1 - int(np.argmin(heights[::-1]))   # the last period at the cube
+    raised = next(i for i in range(lowest + 1, len(heights) - 1) if heights[i + 1] <= heights[i])  # lift done
+    np.testing.assert_allclose([t[:3] for t in closing[:raised + 1]], [t[:3] for t in opening[:raised + 1]])
+    assert opening[lowest][2] < 0.05 and opening[raised][2] > 0.1
+
+
+def test_open_raises_off_by_default_draw_nothing_so_earlier_datasets_repeat():
+    assert collect.ExplorationConfig().open_raise_fraction == 0.0
+    rng = np.random.default_rng(0)
+    config = collect.ExplorationConfig(push_fraction=0.0, grasp_fraction=1.0)
+    collect.ExplorationPolicy(rng, config, np.array([0.5, 0.0, 0.04]), np.zeros(7))
+    after_policy = rng.random()
+    reference = np.random.default_rng(0)
+    reference.random(), reference.uniform(0.25, 1.0), reference.normal(0.0, 0.004, size=2), reference.uniform(0.08, 0.15)
+    assert after_policy == reference.random()
