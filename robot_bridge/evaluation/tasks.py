@@ -159,8 +159,9 @@ RS_DRIVE_PERIODS = 8  # control periods to settle on a scripted pose (a 5 cm OSC
 RS_REACHED_M = 0.01
 LIFT_APPROACH_M = 0.10  # above the cube before going down to it
 # The grasp sub-goal shows the cube already raised this far in the closed hand: fingers closing at the
-# cube change ~1 pixel of a 64 px frame (energies 0.556 vs 0.555 closed vs open), a cube carried 4 cm
-# up is plain (0.11 vs 0.21 against an open hand raised as far), so a 2-step plan can tell them apart.
+# cube change ~1 pixel of a 64 px frame (one period after, energy to the lifted goal 0.556 closed vs
+# 0.555 open), a cube carried 4 cm up is plain (energy to this sub-goal 0.11 vs 0.21 for an open hand
+# raised as far), so a 2-step plan can tell them apart.
 LIFT_RAISED_M = 0.04
 LIFT_HEIGHT_M = 0.12  # how far the final goal image shows the cube lifted
 
