@@ -204,3 +204,15 @@ def test_from_pixels_can_continue_from_a_saved_model(tmp_path):
     assert all(p.requires_grad for p in model.encoder.parameters())
     _, fresh_predictor = build_model("from-pixels", "tiny", seed=0)
     assert fresh_predictor
+
+
+def test_post_train_can_size_a_fresh_predictor_and_refuses_bad_sizes(tmp_path, sim_data, capsys):
+    model, fresh_predictor = build_model("post-train", "tiny", seed=0, predictor_size=(128, 3))
+    assert fresh_predictor and model.config.predictor.predictor_embed_dim == 128 and model.config.predictor.depth == 3
+    assert model.config.encoder == PRESETS["tiny"].encoder and not any(p.requires_grad for p in model.encoder.parameters())
+    base = ["train", "--data", str(sim_data), "--out", str(tmp_path / "x"), "--model", "tiny"]
+    for extra in (["--mode", "post-train", "--predictor", "100x2"], ["--mode", "post-train", "--predictor", "wide"],
+                  ["--predictor", "128x2"]):   # the last: from-pixels has no fresh predictor to size
+        assert cli.main(base + extra) == 2
+        assert "--predictor" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

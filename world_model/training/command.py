@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="from-pixels: the AC preset whose architecture is initialised randomly, or a "
                              ".safetensors model to continue training; "
                              "post-train: the frozen encoder's source (demo = the embedded model, released .pt, .safetensors)")
+    parser.add_argument("--predictor", default=None, metavar="WIDTHxDEPTH",
+                        help="post-train: a fresh predictor of this size instead of the source's (e.g. 256x6; "
+                             "heads = width / 64, MLP 4 x width)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--clip-frames", type=int, default=defaults.clip_frames, help="frames per training clip")
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         config = TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
+        predictor_size = parse_predictor_size(args.predictor, config.mode)
     except ValueError as exc:
         print(f"jepa-planner train: {exc}", file=sys.stderr)
         return 2
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"jepa-planner train: {args.data}: {exc}", file=sys.stderr)
         return 2
     torch.manual_seed(config.seed)
-    model, fresh_predictor = build_model(config.mode, args.model, config.seed)
+    model, fresh_predictor = build_model(config.mode, args.model, config.seed, predictor_size)
     cache_record = None
     if config.mode == "post-train" and args.latent_cache != "off":
         cache_dir = default_cache_dir() if args.latent_cache == "auto" else Path(args.latent_cache)
@@ -154,11 +158,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_model(mode: str, source: str, seed: int) -> tuple[WorldModel, bool]:
+def parse_predictor_size(text: str | None, mode: str) -> tuple[int, int] | None:
+    """`--predictor WIDTHxDEPTH` -> (width, depth); only post-training builds a fresh predictor to size."""
+    if text is None:
+        return None
+    if mode != "post-train":
+        raise ValueError("--predictor sizes the fresh predictor of --mode post-train")
+    width, _, depth = text.lower().partition("x")
+    if not (width.isdigit() and depth.isdigit()) or int(width) < 64 or int(width) % 64 or int(depth) < 1:
+        raise ValueError(f"--predictor takes WIDTHxDEPTH with a width that is a multiple of 64, e.g. 256x6; got {text!r}")
+    return int(width), int(depth)
+
+
+def build_model(mode: str, source: str, seed: int,
+                predictor_size: tuple[int, int] | None = None) -> tuple[WorldModel, bool]:
     """(model, whether its predictor is freshly initialised).
 
     from-pixels: a fresh model of a preset, or a saved model to continue training (fine-tuning);
-    post-train: the source's encoder and a fresh predictor.
+    post-train: the source's encoder and a fresh predictor (of `predictor_size` (width, depth) if given).
     """
     if mode == "from-pixels":
         if source in PRESETS:
@@ -166,7 +183,12 @@ def build_model(mode: str, source: str, seed: int) -> tuple[WorldModel, bool]:
         loaded = load_world_model(source, device="cpu")
         return WorldModel(loaded.encoder.requires_grad_(True), loaded.predictor.requires_grad_(True)), False
     loaded = load_world_model(source, device="cpu")
-    fresh = WorldModel.from_config(loaded.config, seed)
+    config = loaded.config
+    if predictor_size is not None:
+        width, depth = predictor_size
+        config = dataclasses.replace(config, predictor=dataclasses.replace(
+            config.predictor, predictor_embed_dim=width, depth=depth, num_heads=width // 64, mlp_hidden=4 * width))
+    fresh = WorldModel.from_config(config, seed)
     return WorldModel(loaded.encoder.requires_grad_(False), fresh.predictor.requires_grad_(True)), True
 
 
