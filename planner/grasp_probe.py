@@ -8,7 +8,9 @@ grasp-scenes`, this compares:
 - real gap: energy of the real "raise without closing" outcome minus that of "close, then raise",
   both against the raised sub-goal (what the encoder sees happen);
 - imagined gap: the same difference for the frames the predictor imagines from the start frame for
-  the same two achieved actions (what the planner would see).
+  the same two achieved actions (what the planner would see);
+- where each imagined frame lies: its distance to the real carried frame and to the real left-behind
+  one (a predictor that ignores the gripper imagines both branches nearest the same outcome).
 
 An imagined gap near zero while the real one is clearly positive says the predictor, not the
 planner or the sub-goals, is what keeps lift from working.
@@ -40,13 +42,16 @@ def scene_gaps(model, scenes: dict[str, np.ndarray]) -> list[dict[str, float]]:
         goal = model.encode(scenes["goal_image"][index])[0]
         start_state = torch.as_tensor(scenes["start_state"][index], dtype=torch.float32)
         row: dict[str, float] = {}
+        real = {branch: model.encode(scenes[f"{branch}_image"][index])[0] for branch in BRANCHES}
         for branch in BRANCHES:
             states = torch.as_tensor(scenes[f"{branch}_states"][index], dtype=torch.float32)
             path = torch.stack([start_state, states[0], states[1]])
             actions = pose_difference(path[:-1], path[1:])
             imagined = model.rollout(start_latent, actions[None], path[None, :-1])[0, -1]
             row[f"imagined_{branch}"] = float(frame_distance(imagined, goal))
-            row[f"real_{branch}"] = float(frame_distance(model.encode(scenes[f"{branch}_image"][index])[0], goal))
+            row[f"real_{branch}"] = float(frame_distance(real[branch], goal))
+            for outcome in BRANCHES:
+                row[f"imagined_{branch}_to_real_{outcome}"] = float(frame_distance(imagined, real[outcome]))
         row["real_gap"] = row["real_open"] - row["real_closed"]
         row["imagined_gap"] = row["imagined_open"] - row["imagined_closed"]
         rows.append(row)
@@ -54,9 +59,12 @@ def scene_gaps(model, scenes: dict[str, np.ndarray]) -> list[dict[str, float]]:
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
-    real, imagined = (float(np.mean([r[key] for r in rows])) for key in ("real_gap", "imagined_gap"))
+    means = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+    real, imagined = means["real_gap"], means["imagined_gap"]
+    nearest = {f"imagined_{branch}_to_real_{outcome}": means[f"imagined_{branch}_to_real_{outcome}"]
+               for branch in BRANCHES for outcome in BRANCHES}
     return {"scenes": len(rows), "real_gap": real, "imagined_gap": imagined,
-            "imagined_over_real": imagined / real if real > 0 else float("nan")}
+            "imagined_over_real": imagined / real if real > 0 else float("nan"), **nearest}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     summary = {"model": args.model, **summarize(rows)}
     print(f"open-minus-closed energy gap against the raised sub-goal: real {summary['real_gap']:.3f}, "
           f"imagined {summary['imagined_gap']:.3f} ({100 * summary['imagined_over_real']:.0f}% of real)")
+    for branch in BRANCHES:
+        print(f"imagined '{branch}' branch: {summary[f'imagined_{branch}_to_real_closed']:.3f} from the real carried "
+              f"frame, {summary[f'imagined_{branch}_to_real_open']:.3f} from the real left-behind one")
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -144,6 +144,9 @@ def test_grasp_scenes_show_a_closed_hand_carrying_the_cube_and_probe_grasp_compa
     summary = json.loads(probed.stdout.strip().splitlines()[-1])
     assert summary["scenes"] == 2 and summary["real_gap"] > 0.03, summary
     assert np.isfinite(summary["imagined_gap"])
+    # Each imagined frame's distance to both real outcomes; the real ones differ, so these cannot all agree.
+    distances = [summary[f"imagined_{b}_to_real_{o}"] for b in ("closed", "open") for o in ("closed", "open")]
+    assert all(np.isfinite(distances)) and distances[0] != distances[1]
 
 
 def test_collect_in_robosuite_records_grasps_that_lift_the_cube_and_repeats_under_its_seed(tmp_path):
