@@ -150,18 +150,19 @@ class RecedingHorizonController:
         if not goals:
             raise ValueError("at least one goal latent is needed")
         latents = [as_frame_latent(g.latent, "goal latent").to(self.device) for g in goals]
-        self.goals = [SubGoal(latent, goal.max_steps, self._switch_threshold(goal, latents[:i]))
-                      for i, (goal, latent) in enumerate(zip(goals, latents))]
+        previous = [None, *latents[:-1]]
+        self.goals = [SubGoal(latent, goal.max_steps, self._switch_threshold(goal.energy_threshold, latent, before))
+                      for goal, latent, before in zip(goals, latents, previous)]
         self.reset()
 
-    def _switch_threshold(self, goal: SubGoal, earlier: list[torch.Tensor]) -> Optional[float]:
-        """The goal's energy threshold, but never more than SEPARATION_FRACTION of its energy from the
-        sub-goal before it: a sub-goal that looks almost like the previous one (the gripper closed at the
-        same place) is not passed on sight of the previous one; it runs its max_steps instead."""
-        if goal.energy_threshold is None or not earlier:
-            return goal.energy_threshold
-        separation = float(frame_distance(earlier[-1], goal.latent.to(self.device), self.config.energy))
-        return min(goal.energy_threshold, SEPARATION_FRACTION * separation)
+    def _switch_threshold(self, threshold: Optional[float], latent: torch.Tensor,
+                          previous: Optional[torch.Tensor]) -> Optional[float]:
+        """`threshold`, but never more than SEPARATION_FRACTION of the goal's energy from the sub-goal
+        before it: a sub-goal that looks almost like the previous one (the gripper closed at the same
+        place) is not passed on sight of the previous one; it runs its max_steps instead."""
+        if threshold is None or previous is None:
+            return threshold
+        return min(threshold, SEPARATION_FRACTION * float(frame_distance(previous, latent, self.config.energy)))
 
     def reset(self) -> None:
         """Back to the first goal, forget the warm start (a new episode of the same session)."""

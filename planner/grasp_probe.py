@@ -59,12 +59,12 @@ def scene_gaps(model, scenes: dict[str, np.ndarray]) -> list[dict[str, float]]:
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Means over the scenes of the gaps and of where each imagined frame lies."""
     means = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     real, imagined = means["real_gap"], means["imagined_gap"]
-    nearest = {f"imagined_{branch}_to_real_{outcome}": means[f"imagined_{branch}_to_real_{outcome}"]
-               for branch in BRANCHES for outcome in BRANCHES}
+    where = {key: value for key, value in means.items() if "_to_real_" in key}
     return {"scenes": len(rows), "real_gap": real, "imagined_gap": imagined,
-            "imagined_over_real": imagined / real if real > 0 else float("nan"), **nearest}
+            "imagined_over_real": imagined / real if real > 0 else float("nan"), **where}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

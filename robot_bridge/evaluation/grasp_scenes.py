@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from robot_bridge import robosuite_env
-from robot_bridge.evaluation.tasks import LIFT_APPROACH_M, LIFT_RAISED_M, RS_DRIVE_PERIODS, _pose_at
+from robot_bridge.evaluation.tasks import LIFT_CLOSING_STAGE, LIFT_RAISED_M, RS_DRIVE_PERIODS, lift_stages
 
 BRANCHES = {"closed": 1.0, "open": 0.0}  # the gripper target of the first period
 
@@ -34,15 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def record_scene(arm) -> dict[str, np.ndarray]:
     arm.reset()
-    start, cube = arm.state(), arm.object_position().copy()
-    arm.drive_to(_pose_at(start, cube + [0.0, 0.0, LIFT_APPROACH_M], 0.0), RS_DRIVE_PERIODS)
-    arm.drive_to(_pose_at(start, cube, 0.0), RS_DRIVE_PERIODS)
+    # The lift task's own scripted grasp: to the open hand around the cube, then closed and raised.
+    stages = lift_stages(arm.state(), arm.object_position().copy())
+    for pose in stages[:LIFT_CLOSING_STAGE]:
+        arm.drive_to(pose, RS_DRIVE_PERIODS)
     at_cube = arm.observe()
     cube_there = arm.object_position()[2]  # the open fingers may press it into the table a little
     saved = arm.save_state()
     scene = {"start_image": at_cube.image, "start_state": at_cube.state}
-    arm.drive_to(_pose_at(start, cube, 1.0), RS_DRIVE_PERIODS)
-    arm.drive_to(_pose_at(start, cube + [0.0, 0.0, LIFT_RAISED_M], 1.0), RS_DRIVE_PERIODS)
+    for pose in stages[LIFT_CLOSING_STAGE:LIFT_CLOSING_STAGE + 2]:
+        arm.drive_to(pose, RS_DRIVE_PERIODS)
     scene["goal_image"] = arm.render()
     for branch, gripper in BRANCHES.items():
         arm.restore_state(saved)

@@ -237,14 +237,8 @@ class RobosuiteEpisode(Episode):
         """Above the cube (open), around it (open), raised a little in the closed hand, lifted: a scripted
         grasp rendered stage by stage, as V-JEPA 2-AC plans pick-and-place with sub-goal images. The
         grasp itself (closed at the cube) is driven but not a sub-goal: it looks like the open hand."""
-        cube = self.arm.object_position()
-        above, at = cube + [0.0, 0.0, LIFT_APPROACH_M], cube.copy()
-        raised, lifted = cube + [0.0, 0.0, LIFT_RAISED_M], cube + [0.0, 0.0, LIFT_HEIGHT_M]
-        start = self.start_state
-        poses = [_pose_at(start, above, 0.0), _pose_at(start, at, 0.0), _pose_at(start, at, 1.0),
-                 _pose_at(start, raised, 1.0), _pose_at(start, lifted, 1.0)]
-        stages = self._render_stages(poses)
-        return stages[:2] + stages[3:]
+        stages = self._render_stages(lift_stages(self.start_state, self.arm.object_position()))
+        return stages[:LIFT_CLOSING_STAGE] + stages[LIFT_CLOSING_STAGE + 1:]
 
     def distance(self) -> float:
         if self.task == "lift":
@@ -258,6 +252,17 @@ class RobosuiteEpisode(Episode):
 
     def task_success(self) -> bool | None:
         return self.arm.check_success() if self.task == "lift" else None
+
+
+LIFT_CLOSING_STAGE = 2  # the stage of lift_stages that closes the hand (driven, never a sub-goal)
+
+
+def lift_stages(start: np.ndarray, cube: np.ndarray) -> list[np.ndarray]:
+    """The scripted grasp, pose by pose (start's orientation): above the cube (open), around it (open),
+    closed around it, raised LIFT_RAISED_M in the hand, lifted LIFT_HEIGHT_M."""
+    above, raised, lifted = (cube + [0.0, 0.0, height] for height in (LIFT_APPROACH_M, LIFT_RAISED_M, LIFT_HEIGHT_M))
+    return [_pose_at(start, above, 0.0), _pose_at(start, cube, 0.0), _pose_at(start, cube, 1.0),
+            _pose_at(start, raised, 1.0), _pose_at(start, lifted, 1.0)]
 
 
 def make_episode(env: str, arm, rng: np.random.Generator, task: str) -> Episode:
