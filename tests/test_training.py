@@ -11,7 +11,7 @@ import torch
 from robot_bridge import collect
 from server import cli
 from world_model import PRESETS, WorldModel, load_world_model
-from world_model.training.command import build_model
+from world_model.training.command import CONTINUE_PREDICTOR, build_model
 from world_model.training.conditioning import MIN_STD, standardize_linear_input
 from world_model.training.data import ClipDataset, load_episodes
 from world_model.training.ema import ema_update, make_target
@@ -95,7 +95,7 @@ def test_train_command_exports_a_loadable_model_with_provenance(sim_data, tmp_pa
     assert provenance["seed"] == 11 and provenance["steps"] == 6 and provenance["complete"]
     assert provenance["command"].startswith("jepa-planner train --data")
     assert provenance["data"]["episodes"] == 6 and len(provenance["data"]["fingerprint"]) == 16
-    assert provenance["data"]["collection"]["seed"] == 3
+    assert provenance["data"]["collections"][0]["seed"] == 3 and provenance["data"]["paths"] == [str(sim_data.resolve())]
     model = load_world_model(out / "model.safetensors", device="cpu")
     image = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     assert model.encode(image).shape == (1, model.tokens_per_frame, model.embed_dim)
@@ -204,6 +204,37 @@ def test_from_pixels_can_continue_from_a_saved_model(tmp_path):
     assert all(p.requires_grad for p in model.encoder.parameters())
     _, fresh_predictor = build_model("from-pixels", "tiny", seed=0)
     assert fresh_predictor
+
+
+def test_post_train_can_continue_the_source_predictor_on_several_datasets(tmp_path, sim_data):
+    """`--predictor continue` keeps training a post-trained model's own predictor (its encoder frozen), and
+    `--data A B` trains on both datasets' episodes."""
+    saved = WorldModel.from_config(PRESETS["tiny"], seed=5)
+    saved.save(tmp_path / "source.safetensors")
+    model, fresh_predictor = build_model("post-train", str(tmp_path / "source.safetensors"), seed=0,
+                                         predictor_size=CONTINUE_PREDICTOR)
+    assert not fresh_predictor   # its trained conditioning weights are not re-standardised
+    for name, value in saved.predictor.state_dict().items():
+        torch.testing.assert_close(model.predictor.state_dict()[name], value)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+
+    more = tmp_path / "more"
+    collect.collect(more, episodes=3, steps=8, image_size=IMAGE_SIZE, seed=4, progress=False)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(sim_data), str(more), "--out", str(out), "--mode", "post-train",
+                     "--model", str(tmp_path / "source.safetensors"), "--predictor", "continue", "--steps", "4",
+                     "--batch-size", "4", "--warmup-steps", "1", "--decay-steps", "1", "--validate-every", "0",
+                     "--validation-clips", "4", "--latent-cache", "off", "--no-progress"]) == 0
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["data"]["episodes"] == 9
+    assert [record["seed"] for record in provenance["data"]["collections"]] == [3, 4]
+    assert f"--data {sim_data} {more}" in provenance["command"] and "--predictor continue" in provenance["command"]
+    trained = load_world_model(out / "model.safetensors", device="cpu")
+    for name, value in saved.encoder.state_dict().items():   # frozen
+        torch.testing.assert_close(trained.encoder.state_dict()[name], value)
+    moved = [name for name, value in saved.predictor.state_dict().items()
+             if not torch.equal(trained.predictor.state_dict()[name], value)]
+    assert moved   # the source's predictor was trained on
 
 
 def test_post_train_can_size_a_fresh_predictor_and_refuses_bad_sizes(tmp_path, sim_data, capsys):

@@ -38,9 +38,9 @@ MIN_EPISODES = 2  # options that do not change the trained model
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
-    parser.add_argument("--data", required=True,
-                        help="LeRobot v3.0 dataset folder (from `jepa-planner collect`, or any with a camera and "
-                             "an end-effector state)")
+    parser.add_argument("--data", required=True, nargs="+", metavar="FOLDER",
+                        help="LeRobot v3.0 dataset folder(s) (from `jepa-planner collect`, or any with a camera and "
+                             "an end-effector state); several are trained on together, episodes in the order given")
     parser.add_argument("--camera-key", default=None,
                         help="camera feature to train on (default: observation.image, or the only camera)")
     parser.add_argument("--action-meaning", default=None,
@@ -58,9 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="from-pixels: the AC preset whose architecture is initialised randomly, or a "
                              ".safetensors model to continue training; "
                              "post-train: the frozen encoder's source (demo = the embedded model, released .pt, .safetensors)")
-    parser.add_argument("--predictor", default=None, metavar="WIDTHxDEPTH",
+    parser.add_argument("--predictor", default=None, metavar="WIDTHxDEPTH|continue",
                         help="post-train: a fresh predictor of this size instead of the source's (e.g. 256x6; "
-                             "heads = width / 64, MLP 4 x width)")
+                             "heads = width / 64, MLP 4 x width); continue: keep training the source's own "
+                             "predictor (a longer schedule or new data on a post-trained model)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--clip-frames", type=int, default=defaults.clip_frames, help="frames per training clip")
@@ -112,14 +113,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     device = resolve_device(args.device)
     try:  # everything about the data is checked before a run folder exists
-        episodes = load_episodes(args.data, args.episodes, args.camera_key, args.action_meaning)
+        episodes = [episode for folder in args.data
+                    for episode in load_episodes(folder, None, args.camera_key, args.action_meaning)][:args.episodes]
         dataset = ClipDataset(episodes, config.clip_frames)
         if dataset.episode_count < MIN_EPISODES:
             raise ValueError(f"{dataset.episode_count} episode(s) of at least {config.clip_frames} frames; training "
                              f"needs {MIN_EPISODES} (one is held out for validation)")
         train_set, validation_set = dataset.split(args.validation_fraction, config.seed)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"jepa-planner train: {args.data}: {exc}", file=sys.stderr)
+        print(f"jepa-planner train: {' '.join(args.data)}: {exc}", file=sys.stderr)
         return 2
     torch.manual_seed(config.seed)
     model, fresh_predictor = build_model(config.mode, args.model, config.seed, predictor_size)
@@ -136,9 +138,10 @@ def run(args: argparse.Namespace) -> int:
         "seed": config.seed,
         "mode": config.mode,
         "model": args.model,
-        "data": {"path": str(Path(args.data).resolve()), "episodes": dataset.episode_count,
+        "data": {"paths": [str(Path(folder).resolve()) for folder in args.data], "episodes": dataset.episode_count,
                  "frames": len(dataset.frames), "fingerprint": fingerprint(dataset),
-                 "validation_episodes": validation_set.episode_count, "collection": collection_record(args.data)},
+                 "validation_episodes": validation_set.episode_count,
+                 "collections": [collection_record(folder) for folder in args.data]},
         "latent_cache": cache_record,
         "git_commit": git_commit(),
         "torch": torch.__version__,
@@ -158,12 +161,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_predictor_size(text: str | None, mode: str) -> tuple[int, int] | None:
-    """`--predictor WIDTHxDEPTH` -> (width, depth); only post-training builds a fresh predictor to size."""
+CONTINUE_PREDICTOR = "continue"
+
+
+def parse_predictor_size(text: str | None, mode: str) -> tuple[int, int] | str | None:
+    """`--predictor WIDTHxDEPTH` -> (width, depth), `continue` -> CONTINUE_PREDICTOR; only post-training
+    chooses its predictor."""
     if text is None:
         return None
     if mode != "post-train":
-        raise ValueError("--predictor sizes the fresh predictor of --mode post-train")
+        raise ValueError("--predictor chooses the predictor of --mode post-train")
+    if text == CONTINUE_PREDICTOR:
+        return CONTINUE_PREDICTOR
     width, _, depth = text.lower().partition("x")
     if not (width.isdigit() and depth.isdigit()) or int(width) < 64 or int(width) % 64 or int(depth) < 1:
         raise ValueError(f"--predictor takes WIDTHxDEPTH with a width that is a multiple of 64, e.g. 256x6; got {text!r}")
@@ -171,11 +180,12 @@ def parse_predictor_size(text: str | None, mode: str) -> tuple[int, int] | None:
 
 
 def build_model(mode: str, source: str, seed: int,
-                predictor_size: tuple[int, int] | None = None) -> tuple[WorldModel, bool]:
+                predictor_size: tuple[int, int] | str | None = None) -> tuple[WorldModel, bool]:
     """(model, whether its predictor is freshly initialised).
 
     from-pixels: a fresh model of a preset, or a saved model to continue training (fine-tuning);
-    post-train: the source's encoder and a fresh predictor (of `predictor_size` (width, depth) if given).
+    post-train: the source's encoder (frozen) and a fresh predictor (of `predictor_size` (width, depth) if
+    given), or the source's own predictor when `predictor_size` is CONTINUE_PREDICTOR.
     """
     if mode == "from-pixels":
         if source in PRESETS:
@@ -183,6 +193,8 @@ def build_model(mode: str, source: str, seed: int,
         loaded = load_world_model(source, device="cpu")
         return WorldModel(loaded.encoder.requires_grad_(True), loaded.predictor.requires_grad_(True)), False
     loaded = load_world_model(source, device="cpu")
+    if predictor_size == CONTINUE_PREDICTOR:
+        return WorldModel(loaded.encoder.requires_grad_(False), loaded.predictor.requires_grad_(True)), False
     config = loaded.config
     if predictor_size is not None:
         width, depth = predictor_size
@@ -212,7 +224,9 @@ def command_line(args: argparse.Namespace) -> str:
         if name in NOT_RECORDED or value is None or value is False:
             continue
         words.append("--" + name.replace("_", "-"))
-        if value is not True:
+        if isinstance(value, list):
+            words.extend(str(item) for item in value)
+        elif value is not True:
             words.append(str(value))
     return shlex.join(words)
 
