@@ -6,9 +6,11 @@ ZeroMQ. Nothing here imports torch, so it also runs from a simulator's own envir
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +38,24 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _ends_with_this_process():
+    """A `preexec_fn` that has the kernel send the service SIGTERM when the process that started it dies,
+    however it dies (SIGKILL, a killed eval or sweep): otherwise the service lives on as an orphan, holding its
+    ports and a CPU. Linux only (prctl PR_SET_PDEATHSIG); None elsewhere. Resolved here, in the parent,
+    so the forked child only makes two system calls."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent, pr_set_pdeathsig = os.getpid(), 1
+
+    def set_death_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:   # the parent died before the prctl took effect
+            os._exit(1)
+
+    return set_death_signal
+
+
 def service_python() -> str:
     """A Python with torch and the service: this one when it has torch, else the project's `.venv`
     (the robosuite environment has no torch); `JEPA_SERVICE_PYTHON` overrides both."""
@@ -51,7 +71,8 @@ def service_python() -> str:
 class ServiceProcess:
     """`with ServiceProcess(model=...) as service:` a real `jepa-planner serve` on free loopback ports,
     with its own data directory (a temporary one unless given) and `serve.log` there. `env` is the
-    service's whole environment (default: this process's)."""
+    service's whole environment (default: this process's). The service ends with the thread that
+    started it (on Linux, even when that process is killed)."""
 
     def __init__(self, model: str = "demo", *, random_init_seed: int | None = None, device: str | None = None,
                  threads: int | None = None, env: dict[str, str] | None = None, data_dir: Path | None = None,
@@ -80,7 +101,8 @@ class ServiceProcess:
             env["OMP_NUM_THREADS"] = str(self.threads)  # torch's intra-op threads for planning
         self.log_path = self.data_dir / "serve.log"
         self._log = self.log_path.open("wb")
-        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                                         preexec_fn=_ends_with_this_process())
         try:
             self._wait_ready()
         except BaseException:
