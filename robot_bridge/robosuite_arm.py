@@ -190,10 +190,16 @@ class RobosuiteArm(Arm):
         return bool(self.env._check_success())
 
     def save_state(self) -> np.ndarray:
-        return self.env.sim.get_state().flatten().copy()
+        """The simulator's state and the gripper's command: robosuite's Panda gripper moves its command a
+        fixed step per robosuite step (`current_action`), which the simulator's state does not hold, so a
+        restored open hand whose command was left closed would first close (seen: to 0.27) when told to open."""
+        return np.concatenate([self.env.sim.get_state().flatten(), self._gripper().current_action]).copy()
 
     def restore_state(self, saved: np.ndarray) -> None:
-        self.env.sim.set_state_from_flattened(saved)
+        gripper = self._gripper()
+        split = len(saved) - len(gripper.current_action)
+        self.env.sim.set_state_from_flattened(saved[:split])
+        gripper.current_action = saved[split:].copy()
         self.env.sim.forward()
         self._held_pose = None
         self._gripper_closed = self._fingers_closing()
@@ -222,8 +228,11 @@ class RobosuiteArm(Arm):
         return self._renderer.render().copy()
 
     # ---- internals -----------------------------------------------------------------------
+    def _gripper(self):
+        return self.env.robots[0].gripper["right"]
+
     def _finger_positions(self) -> np.ndarray:
-        gripper = self.env.robots[0].gripper["right"]
+        gripper = self._gripper()
         ids = [self.model.joint(name).qposadr[0] for name in gripper.joints]
         return self.data.qpos[ids]
 

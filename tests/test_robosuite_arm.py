@@ -127,6 +127,32 @@ print(json.dumps({"holding": holding, "kept": kept, "dropped": not arm.check_suc
     assert report["dropped"], "a target more open than the fingers must open them"
 
 
+def test_a_restored_open_hand_stays_open_when_told_to_open_after_the_gripper_was_closed():
+    """robosuite's gripper command moves a step per robosuite step and is not in the simulator's state: a
+    saved open hand restored after a grasp (as rendering goal images does) must open, not close first."""
+    script = """
+import json, numpy as np
+from robot_bridge.robosuite_arm import RobosuiteArm, RobosuiteConfig
+from robot_bridge.evaluation.tasks import _pose_at
+arm = RobosuiteArm(RobosuiteConfig(), seed=5)
+arm.reset()
+start, cube = arm.state(), arm.object_position().copy()
+for position, gripper in ((cube + [0, 0, 0.1], 0.0), (cube, 0.0)):
+    arm.drive_to(_pose_at(start, position, gripper), 8)
+saved, open_hand = arm.save_state(), arm.state()
+arm.drive_to(_pose_at(start, cube, 1.0), 3)        # close on the cube, as a rendered grasp goal does
+closed = float(arm.state()[6])
+arm.restore_state(saved)
+arm.move_to(_pose_at(start, cube, 0.0))            # stay open
+print(json.dumps({"closed": closed, "restored": float(open_hand[6]), "after": float(arm.state()[6])}))
+"""
+    done = subprocess.run([str(ROBOSUITE_PYTHON), "-c", script], capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["closed"] > 0.2 and report["restored"] < 0.05, report
+    assert report["after"] < 0.05, report   # without the gripper command in the saved state: ~0.27
+
+
 def test_grasp_scenes_show_a_closed_hand_carrying_the_cube_and_probe_grasp_compares_real_with_imagined(tmp_path):
     """grasp-scenes re-runs itself in robosuite's environment; probe-grasp reads its file with the
     embedded robosuite model: the encoder must see the carried cube (a clear real gap)."""
