@@ -193,13 +193,13 @@ class RobosuiteArm(Arm):
         """The simulator's state and the gripper's command: robosuite's Panda gripper moves its command a
         fixed step per robosuite step (`current_action`), which the simulator's state does not hold, so a
         restored open hand whose command was left closed would first close (seen: to 0.27) when told to open."""
-        return np.concatenate([self.env.sim.get_state().flatten(), self._gripper().current_action]).copy()
+        command = np.asarray(self._gripper().current_action, dtype=np.float64)  # (1,) after a reset, (2,) once stepped
+        return np.concatenate([self.env.sim.get_state().flatten(), command, [len(command)]])
 
     def restore_state(self, saved: np.ndarray) -> None:
-        gripper = self._gripper()
-        split = len(saved) - len(gripper.current_action)
-        self.env.sim.set_state_from_flattened(saved[:split])
-        gripper.current_action = saved[split:].copy()
+        length = int(saved[-1])
+        self.env.sim.set_state_from_flattened(saved[:-1 - length])
+        self._gripper().current_action = saved[-1 - length:-1].copy()
         self.env.sim.forward()
         self._held_pose = None
         self._gripper_closed = self._fingers_closing()

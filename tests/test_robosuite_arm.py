@@ -137,6 +137,9 @@ from robot_bridge.evaluation.tasks import _pose_at
 arm = RobosuiteArm(RobosuiteConfig(), seed=5)
 arm.reset()
 start, cube = arm.state(), arm.object_position().copy()
+fresh = arm.save_state()                           # right after a reset, as an episode's goal rendering saves
+arm.drive_to(_pose_at(start, cube + [0, 0, 0.1], 1.0), 2)
+arm.restore_state(fresh)
 for position, gripper in ((cube + [0, 0, 0.1], 0.0), (cube, 0.0)):
     arm.drive_to(_pose_at(start, position, gripper), 8)
 saved, open_hand = arm.save_state(), arm.state()
