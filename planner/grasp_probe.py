@@ -13,7 +13,9 @@ grasp-scenes`, this compares:
   one (a predictor that ignores the gripper imagines both branches nearest the same outcome).
 
 An imagined gap near zero while the real one is clearly positive says the predictor, not the
-planner or the sub-goals, is what keeps lift from working.
+planner or the sub-goals, is what keeps lift from working. `--plan SAMPLESxITERATIONS` also plans
+once from each scene against the raised sub-goal, as the lift evaluation does (horizon 2): does the
+planner close first, and how far does that first step move the hand (off the cube, it closes on nothing)?
 """
 from __future__ import annotations
 
@@ -58,6 +60,27 @@ def scene_gaps(model, scenes: dict[str, np.ndarray]) -> list[dict[str, float]]:
     return rows
 
 
+GRIPPER_CLOSING = 0.25   # a planned gripper delta at least this large closes (smaller ones are rounded to 0)
+
+
+def first_plans(model, scenes: dict[str, np.ndarray], samples: int, iterations: int) -> list[dict[str, float]]:
+    """Per scene: the lift planner's first planned step from the open hand around the cube (horizon 2, top-k
+    10, maxnorm 0.05 as `eval --task lift` plans; against the raised sub-goal): its gripper delta, how far it moves the hand, the second step's rise."""
+    from planner.config import PlannerConfig
+    from planner.controller import RecedingHorizonController
+
+    rows = []
+    for index in range(len(scenes["start_image"])):
+        config = PlannerConfig(horizon=2, samples=samples, iterations=iterations, topk=10, maxnorm=0.05, seed=index)
+        controller = RecedingHorizonController(model, config, model.encode(scenes["goal_image"][index])[0])
+        step = controller.step(model.encode(scenes["start_image"][index])[0],
+                               torch.as_tensor(scenes["start_state"][index], dtype=torch.float32))
+        plan = step.plan.cpu()
+        rows.append({"first_gripper": float(plan[0, 6]), "first_move_m": float(plan[0, :3].norm()),
+                     "second_rise_m": float(plan[1, 2])})
+    return rows
+
+
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
     """Means over the scenes of the gaps and of where each imagined frame lies."""
     means = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
@@ -71,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=Path, required=True, help="the .npz from `jepa-planner grasp-scenes`")
     parser.add_argument("--model", default="robosuite", help="embedded model, .safetensors or .pt (default %(default)s)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--plan", metavar="SAMPLESxITERATIONS", default=None,
+                        help="also plan once from each scene as the lift evaluation does (horizon 2), e.g. 400x10")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
 
 
@@ -78,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from world_model import load_world_model
 
     try:
+        budget = parse_budget(args.plan)
         with np.load(args.scenes) as data:
             scenes = {key: data[key] for key in data.files}
         missing = set(REQUIRED_KEYS) - set(scenes)
@@ -97,7 +123,26 @@ def run(args: argparse.Namespace) -> int:
     for branch in BRANCHES:
         print(f"imagined '{branch}' branch: {summary[f'imagined_{branch}_to_real_closed']:.3f} from the real carried "
               f"frame, {summary[f'imagined_{branch}_to_real_open']:.3f} from the real left-behind one")
+    if budget is not None:
+        plans = first_plans(model, scenes, *budget)
+        closing = [plan for plan in plans if plan["first_gripper"] >= GRIPPER_CLOSING]
+        summary.update(plan=args.plan, plans_closing_first=len(closing),
+                       mean_first_move_m=float(np.mean([plan["first_move_m"] for plan in plans])),
+                       mean_second_rise_m=float(np.mean([plan["second_rise_m"] for plan in plans])))
+        print(f"planning {args.plan} at horizon 2 from each scene: closes first in {len(closing)}/{len(plans)}, "
+              f"first step moves the hand {100 * summary['mean_first_move_m']:.1f} cm, the second raises it "
+              f"{100 * summary['mean_second_rise_m']:.1f} cm (means)")
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def parse_budget(text: str | None) -> tuple[int, int] | None:
+    """`--plan 400x10` -> (400, 10)."""
+    if text is None:
+        return None
+    samples, _, iterations = text.lower().partition("x")
+    if not (samples.isdigit() and iterations.isdigit()) or int(samples) < 10 or int(iterations) < 1:
+        raise ValueError(f"--plan takes SAMPLESxITERATIONS with at least 10 samples (the elites), e.g. 400x10; got {text!r}")
+    return int(samples), int(iterations)
 

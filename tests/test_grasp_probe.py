@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
@@ -27,3 +28,29 @@ def test_a_file_without_scenes_or_no_file_is_refused_with_the_reason(tmp_path, c
         assert code == 2 and error.startswith("jepa-planner probe-grasp:"), error
     code, error = probe(tmp_path / "missing.npz", capsys)
     assert code == 2 and "missing.npz" in error
+
+
+def scenes_file(path, count: int = 2, size: int = 48):
+    """A grasp-scenes file of random frames (the tiny model's 48 px) and plausible poses."""
+    rng = np.random.default_rng(0)
+    start = np.tile([0.55, 0.0, -0.08, 3.14, 0.0, 0.0, 0.0], (count, 1))
+    raised = start + [0, 0, 0.03, 0, 0, 0, 0.3]
+    images = {key: rng.integers(0, 255, (count, size, size, 3), dtype=np.uint8)
+              for key in ("start_image", "goal_image", "closed_image", "open_image")}
+    np.savez(path, start_state=start, closed_states=np.stack([raised, raised], 1), open_states=np.stack([start, start], 1),
+             **images)
+    return path
+
+
+def test_plan_reports_the_lift_planners_first_step_from_each_scene_and_refuses_a_bad_budget(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    grasp_probe.add_arguments(parser)
+    path = scenes_file(tmp_path / "scenes.npz")
+    arguments = ["--scenes", str(path), "--model", "tiny", "--device", "cpu", "--json"]
+    assert grasp_probe.run(parser.parse_args(arguments + ["--plan", "16x2"])) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["plan"] == "16x2" and 0 <= summary["plans_closing_first"] <= 2
+    assert 0 < summary["mean_first_move_m"] <= 0.05 * 3 ** 0.5 + 1e-6   # within the lift planner's 5 cm per axis
+    for bad in ("400", "5x10", "axb"):
+        assert grasp_probe.run(parser.parse_args(arguments + ["--plan", bad])) == 2
+        assert "--plan takes SAMPLESxITERATIONS" in capsys.readouterr().err
