@@ -73,6 +73,9 @@ DEFAULT_LIMITS = ProtocolLimits()
 # Field readers: each raises ProtocolError(INVALID_FIELD) naming the field.
 
 
+# The control rates a hello may announce: an arm slower than one period per 10 s is refused as invalid.
+MIN_CONTROL_HZ, MAX_CONTROL_HZ = 0.1, 1000.0
+
 def _invalid(name: str, problem: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_FIELD, f"field {name!r}: {problem}")
 
@@ -356,7 +359,7 @@ class HelloMessage:
             robot_id=_read_robot_id(fields, limits),
             camera_height=_read_int(fields, "camera_height", 1, limits.max_image_side),
             camera_width=_read_int(fields, "camera_width", 1, limits.max_image_side),
-            control_hz=_read_float(fields, "control_hz", 0.1, 1000.0),
+            control_hz=_read_float(fields, "control_hz", MIN_CONTROL_HZ, MAX_CONTROL_HZ),
             image_format=image_format,
             software=_read_text(fields, "software", limits, default=""),
             limits=read_arm_limits(fields.get("limits")),

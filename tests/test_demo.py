@@ -80,3 +80,14 @@ def test_push_searches_wider_than_reach_unless_told(tmp_path, capsys):
         assert cli.main(argv) == 0
         summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert summary["planner"]["samples"] == samples and summary["planner"]["maxnorm"] == 0.02
+
+
+def test_a_rate_slower_than_the_bridge_allows_runs_the_blocking_loop_instead_of_hanging(tmp_path, capsys):
+    """A hello slower than 0.1 Hz is refused by the bridge: an eval paced to a planner that slow (seen: 0.08 Hz,
+    400 x 10 on a wide predictor) waited forever for a welcome. It now says so and uses the blocking loop."""
+    argv = ["demo", "--episodes", "1", "--steps", "2", "--random-init", "--model", "tiny", "--samples", "16",
+            "--iterations", "1", "--seed", "4", "--rate", "0.05", "--out", str(tmp_path / "demo"), "--json"]
+    assert cli.main(argv) == 0
+    output = capsys.readouterr().out
+    assert "the blocking loop instead" in output and "blocking loop at" in output
+    assert json.loads(output.strip().splitlines()[-1])["episodes"] == 1

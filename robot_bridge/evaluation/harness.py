@@ -16,6 +16,7 @@ import numpy as np
 
 from robot_bridge.arm import SafetyLimits
 from robot_bridge.client import ArmClient, Subscriber
+from robot_bridge.protocol import MIN_CONTROL_HZ
 
 from .media import plot_energies, write_episode_media
 from ..service_process import ServiceClient
@@ -73,6 +74,13 @@ def run_episodes(plan: EvalPlan, service: ServiceClient, bridge_endpoint: str, a
         log(f"blocking loop at {rate:.2f} Hz (each executed plan answers the observation just before it)")
     else:
         rate = plan.rate or control_rate(service, arm, plan.planner)
+        if rate < MIN_CONTROL_HZ:
+            # Pacing this slow is refused by the bridge (the hello would be invalid and the arm never
+            # welcomed); the blocking loop keeps every executed plan fresh however slow planning is.
+            log(f"planning needs a period of {1 / rate:.0f} s, slower than the bridge's slowest rate "
+                f"({MIN_CONTROL_HZ} Hz): the blocking loop instead")
+            return run_episodes(dataclasses.replace(plan, blocking=True, rate=None), service, bridge_endpoint, arm,
+                                limits, log)
         log(f"control rate {rate:.2f} Hz (each plan must arrive within one period)")
     results = []
     for index in range(plan.episodes):
