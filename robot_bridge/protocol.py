@@ -68,13 +68,13 @@ class ProtocolLimits:
 
 DEFAULT_LIMITS = ProtocolLimits()
 
+# The control rates a hello may announce: an arm slower than one period per 10 s is refused as invalid.
+MIN_CONTROL_HZ, MAX_CONTROL_HZ = 0.1, 1000.0
+
 
 # ---------------------------------------------------------------------------------------------
 # Field readers: each raises ProtocolError(INVALID_FIELD) naming the field.
 
-
-# The control rates a hello may announce: an arm slower than one period per 10 s is refused as invalid.
-MIN_CONTROL_HZ, MAX_CONTROL_HZ = 0.1, 1000.0
 
 def _invalid(name: str, problem: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_FIELD, f"field {name!r}: {problem}")

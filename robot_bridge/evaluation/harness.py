@@ -69,18 +69,18 @@ def run_episodes(plan: EvalPlan, service: ServiceClient, bridge_endpoint: str, a
     planner = {"workspace_min": list(limits.workspace_low), "workspace_max": list(limits.workspace_high),
                **plan.planner}
     plan = dataclasses.replace(plan, planner=planner)
-    if plan.blocking:
-        rate = plan.rate or arm.control_hz
-        log(f"blocking loop at {rate:.2f} Hz (each executed plan answers the observation just before it)")
-    else:
+    if not plan.blocking:
         rate = plan.rate or control_rate(service, arm, plan.planner)
         if rate < MIN_CONTROL_HZ:
             # Pacing this slow is refused by the bridge (the hello would be invalid and the arm never
             # welcomed); the blocking loop keeps every executed plan fresh however slow planning is.
             log(f"planning needs a period of {1 / rate:.0f} s, slower than the bridge's slowest rate "
                 f"({MIN_CONTROL_HZ} Hz): the blocking loop instead")
-            return run_episodes(dataclasses.replace(plan, blocking=True, rate=None), service, bridge_endpoint, arm,
-                                limits, log)
+            plan = dataclasses.replace(plan, blocking=True, rate=None)
+    if plan.blocking:
+        rate = plan.rate or arm.control_hz
+        log(f"blocking loop at {rate:.2f} Hz (each executed plan answers the observation just before it)")
+    else:
         log(f"control rate {rate:.2f} Hz (each plan must arrive within one period)")
     results = []
     for index in range(plan.episodes):
