@@ -47,6 +47,8 @@ from .protocol import (
     HelloMessage,
     HoldMessage,
     ImagePayload,
+    MAX_CONTROL_HZ,
+    MIN_CONTROL_HZ,
     Message,
     ObservationMessage,
     ProtocolError,
@@ -230,8 +232,11 @@ class ArmClient:
     ):
         self.arm, self.limits, self.action_timeout = arm, limits, action_timeout
         self.rate_hz = float(rate_hz if rate_hz is not None else arm.control_hz)
-        if not self.rate_hz > 0 or not action_timeout > 0 or not plan_deadline_s > 0:
-            raise ValueError("rate_hz, action_timeout and plan_deadline_s must be positive")
+        if not action_timeout > 0 or not plan_deadline_s > 0:
+            raise ValueError("action_timeout and plan_deadline_s must be positive")
+        if not MIN_CONTROL_HZ <= self.rate_hz <= MAX_CONTROL_HZ:   # the service would refuse the hello, forever
+            raise ValueError(f"rate_hz {self.rate_hz:g} is outside the bridge protocol's {MIN_CONTROL_HZ:g}.."
+                             f"{MAX_CONTROL_HZ:g} Hz; the service would refuse this arm's hello")
         height, width = arm.camera_size
         self.hello = HelloMessage(robot_id=robot_id, camera_height=height, camera_width=width,
                                   control_hz=self.rate_hz, image_format=image_format, software="jepa-planner arm client",

@@ -286,3 +286,11 @@ def test_sim_arm_command_runs_as_a_process_over_curve_and_stops_cleanly_on_sigin
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["reason"] == "requested" and summary["stats"]["moves"] >= 3
     assert {robot for robot, _, _ in planner.seen} == {"sim0"}
+
+
+@pytest.mark.parametrize("rate_hz", [0.05, 2000.0, float("nan"), 0.0])
+def test_an_arm_client_refuses_a_rate_the_service_would_refuse_in_its_hello(rate_hz):
+    """The service answers a hello outside 0.1..1000 Hz with an invalid-field error and never welcomes the arm;
+    a client built that way waited silently (seen: an eval paced to 0.08 Hz). It is refused when built."""
+    with pytest.raises(ValueError, match="the service would refuse this arm's hello"):
+        ArmClient(PointArm(), "ipc:///tmp/jepa-never-connected", "arm-rate", rate_hz, LIMITS)
