@@ -144,7 +144,7 @@ class RobosuiteArm(Arm):
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
             self._renderer.scene.flags[flag] = False
         self._held_pose: np.ndarray | None = None
-        self._gripper_closed = self._fingers_closing()
+        self._gripper_closed = False  # as after every reset
 
     # ---- Arm interface -------------------------------------------------------------------
     @property
@@ -163,21 +163,32 @@ class RobosuiteArm(Arm):
         self._step_towards(_checked_pose(target))
 
     def hold(self) -> None:
-        """Servo to the pose measured when the hold began (so repeated holds do not drift)."""
+        """Servo to the pose measured when the hold began (so repeated holds do not drift), keeping the
+        gripper's command: robosuite's gripper only opens or closes, so servoing it to a measured
+        in-between opening (0.48 right after a reset) closed and opened it in turn while the arm waited."""
         if self._held_pose is None:
             self._held_pose = self.state()
-        self._step_towards(self._held_pose)
+        self._step_towards(self._held_pose, keep_gripper=True)
 
     def close(self) -> None:
         self._renderer.close()
         self.env.close()
 
     # ---- simulation control --------------------------------------------------------------
-    def reset(self) -> Observation:
-        """robosuite's own reset: the task's object placement and the arm's initial-joint noise."""
+    def reset(self, seed: int | None = None) -> Observation:
+        """robosuite's own reset: the task's object placement and the arm's initial-joint noise, drawn
+        from robosuite's generator; with `seed` that generator is reseeded first, so the episode does
+        not depend on how many resets came before (an evaluation can be split across processes)."""
+        if seed is not None:
+            # Reseeded in place: robosuite's placement sampler holds this very generator object.
+            self.env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         self.env.reset()
+        # robosuite's reset leaves the gripper's command where the last episode left it (it is only set
+        # when the model is built), so a hand closed at the end of one episode closed again in the next.
+        gripper = self._gripper()
+        gripper.current_action = np.zeros(gripper.dof)
         self._held_pose = None
-        self._gripper_closed = self._fingers_closing()
+        self._gripper_closed = False  # robosuite starts the fingers half open; every task starts open
         return self.observe()
 
     def drive_to(self, pose: np.ndarray, periods: int) -> None:
@@ -243,12 +254,12 @@ class RobosuiteArm(Arm):
         """After a reset or a restored state: whether the fingers stand closed at all (on a cube or shut)."""
         return bool(self.state()[6] > GRIPPER_DEADBAND)
 
-    def _step_towards(self, pose: np.ndarray) -> None:
+    def _step_towards(self, pose: np.ndarray, keep_gripper: bool = False) -> None:
         rotation = euler_to_matrix(pose[3:6]) @ TOOL_OFFSET.T  # our tool frame -> robosuite's grip site
         measured = self.state()[6]
-        if pose[6] > measured + GRIPPER_DEADBAND:
+        if not keep_gripper and pose[6] > measured + GRIPPER_DEADBAND:
             self._gripper_closed = True
-        elif pose[6] < measured - GRIPPER_DEADBAND:
+        elif not keep_gripper and pose[6] < measured - GRIPPER_DEADBAND:
             self._gripper_closed = False
         action = np.concatenate([pose[:3], _rotation_vector(rotation), [1.0 if self._gripper_closed else -1.0]])
         for _ in range(self._substeps):

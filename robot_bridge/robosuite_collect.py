@@ -32,9 +32,7 @@ class RobosuiteScene:
         self.reference[6] = 0.0
 
     def reset(self, rng: np.random.Generator, config: ExplorationConfig) -> None:
-        episode_rng = np.random.default_rng(int(rng.integers(2**63)))
-        self.arm.env.rng.bit_generator.state = episode_rng.bit_generator.state
-        self.arm.reset()
+        self.arm.reset(seed=int(rng.integers(2**63)))
         if rng.random() < config.random_start_fraction:
             start = self.reference.copy()
             start[:3] = rng.uniform(RS_START_LOW, RS_START_HIGH)

@@ -218,3 +218,40 @@ print(json.dumps({"goals": len(episode.goal_images), "untouched": bool(np.array_
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["goals"] == 7 and report["untouched"]
     assert 0.03 < report["start_distance"] < 0.2, "the scripted push moved the cube a few centimetres"
+
+
+def test_a_robosuite_episode_is_the_same_whatever_episodes_ran_before_it_in_the_process():
+    """An evaluation split into shards must run the same episodes: robosuite's reset draws the cube's
+    placement from one generator for the whole process (episode 1 differed after episode 0), and its
+    gripper command outlived the reset (a hand closed in one episode closed again at the next start).
+    The cube's size is drawn once per process, when robosuite builds the model: shards share the seed."""
+    script = """
+import json, numpy as np
+from robot_bridge.robosuite_arm import RobosuiteArm, RobosuiteConfig
+from robot_bridge.evaluation.tasks import RobosuiteEpisode, _pose_at
+def start(arm, index):
+    episode = RobosuiteEpisode(arm, np.random.default_rng([1, index]), "reach")
+    return [*arm.object_position().tolist(), *episode.start_state.tolist()]
+after = RobosuiteArm(RobosuiteConfig(), seed=3)
+first = start(after, 0)
+after.drive_to(_pose_at(after.state(), after.state()[:3], 1.0), 3)    # the episode ends with the hand closed
+closed = float(after.state()[6])
+at_reset = float(after.reset(seed=7).state[6])
+holds = []
+for _ in range(8):                                                   # two seconds of waiting for a plan
+    after.hold()
+    holds.append(float(after.state()[6]))
+second = start(after, 1)
+alone = RobosuiteArm(RobosuiteConfig(), seed=3)
+print(json.dumps({"first": first, "second": second, "alone": start(alone, 1), "closed": closed,
+                  "at_reset": at_reset, "holds": holds}))
+"""
+    done = subprocess.run([str(ROBOSUITE_PYTHON), "-c", script], capture_output=True, text=True, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(report["alone"], report["second"], atol=1e-6)
+    assert not np.allclose(report["first"][:3], report["second"][:3])   # the cube does move between episodes
+    # Holding right after a reset opens the half-open hand and keeps it open (it closed to 0.83, then
+    # opened and closed in turn while the arm held).
+    assert report["closed"] > 0.5 and 0.3 < report["at_reset"] < 0.6, report
+    assert max(report["holds"]) <= report["at_reset"] and max(report["holds"][2:]) < 0.05, report

@@ -172,7 +172,7 @@ class RobosuiteEpisode(Episode):
     def __init__(self, arm, rng: np.random.Generator, task: str):
         self.task = task
         self.arm = arm
-        arm.reset()
+        arm.reset(seed=int(rng.integers(2**31)))
         if task == "reach":
             arm.drive_to(_pose_at(arm.state(), rng.uniform(RS_START_LOW, RS_START_HIGH)), RS_DRIVE_PERIODS)
         observation = arm.observe()
