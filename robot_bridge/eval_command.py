@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sim: reach or push; robosuite: reach, push or lift (default %(default)s)")
     parser.add_argument("--episodes", type=int, default=3, help="episodes to run (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="episode i uses the seed sequence (seed, i)")
+    parser.add_argument("--first-episode", type=int, default=0,
+                        help="run episodes first .. first + episodes - 1: one shard of a longer evaluation, the "
+                             "same episodes as in a whole run (default %(default)s)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="SUMMARY",
+                        help="run nothing: merge the summary.json files (or --out folders) of one evaluation's "
+                             "shards into one summary, written to --out")
     parser.add_argument("--model", default=None,
                         help="preset, embedded model, .safetensors or .pt (default: the embedded model of the env: "
                              "demo for sim, robosuite for robosuite)")
@@ -63,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "helped nor hurt reaching (18, 16, 19 of 20 vs 18, 17, 19 without)")
     parser.add_argument("--device", default="auto", help="the service's device (when this command starts it)")
     parser.add_argument("--threads", type=int, default=None, help="the service's torch CPU threads for planning")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="the service's compute dtype (default: its own, float32); bfloat16 runs under autocast, "
+                             "on a GPU or a CPU with bf16 matrix units")
     parser.add_argument("--http", default=None, help="use this running service instead of starting one "
                                                      "(API key from JEPA_API_KEY); needs --endpoint")
     parser.add_argument("--endpoint", default=None, help="that service's ZeroMQ bridge endpoint")
@@ -83,6 +92,8 @@ def _usage(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from .evaluation.tasks import DEFAULT_RADIUS_M, DEFAULT_STEPS, TASKS
 
+    if args.merge:
+        return _merge(args)
     if args.task not in TASKS[args.env]:
         return _usage(f"--env {args.env} has the tasks {', '.join(TASKS[args.env])}, not {args.task!r}")
     if args.env == "robosuite" and not robosuite_env.have_robosuite():
@@ -91,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")  # before the first `import mujoco`
     args.model = args.model or default_model(args.env)
     steps = args.steps if args.steps is not None else DEFAULT_STEPS[args.task]
-    if args.episodes < 1 or steps < 1:
-        return _usage("--episodes and --steps must be at least 1")
+    if args.episodes < 1 or steps < 1 or args.first_episode < 0:
+        return _usage("--episodes and --steps must be at least 1, --first-episode at least 0")
     if (args.http is None) != (args.endpoint is None):
         return _usage("--http and --endpoint go together (a running service's HTTP URL and bridge endpoint)")
     samples = args.samples if args.samples is not None else (PUSH_SAMPLES if args.task == "push" else DEMO_PLANNER["samples"])
@@ -104,14 +115,14 @@ def run(args: argparse.Namespace) -> int:
 
     label = "random-init" if args.random_init else (args.model if args.http is None else args.http)
     plan = EvalPlan(env=args.env, task=args.task, episodes=args.episodes, seed=args.seed, steps=steps, radius=radius,
-                    planner=planner, rate=args.rate, out=args.out, label=label)
+                    planner=planner, first_episode=args.first_episode, rate=args.rate, out=args.out, label=label)
     print(f"eval: {plan.episodes} {plan.env} {plan.task} episodes, model {label}, planner {planner}, seed {plan.seed}",
           flush=True)
     return _run(plan, args)
 
 
 def _run(plan, args: argparse.Namespace) -> int:
-    from .evaluation.harness import run_episodes, summarize, write_summary
+    from .evaluation.harness import run_episodes
     from .service_process import RejectedSettings, ServiceError
 
     try:
@@ -123,6 +134,31 @@ def _run(plan, args: argparse.Namespace) -> int:
     except ServiceError as error:
         print(f"jepa-planner eval: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    _report(plan, results, args.json)
+    return EXIT_OK
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """`--merge`: one summary from the shards of one evaluation."""
+    import dataclasses
+
+    from .evaluation.harness import merge_summaries
+
+    paths = [path / "summary.json" if path.is_dir() else path for path in args.merge]
+    if any(path.resolve() == (args.out / "summary.json").resolve() for path in paths):
+        return _usage(f"--out {args.out} holds a shard being merged: name a new folder")
+    try:
+        plan, results = merge_summaries(paths)
+    except (OSError, ValueError, KeyError, TypeError) as error:  # missing file, bad JSON, other evaluations
+        return _usage(f"cannot merge: {error}")
+    _report(dataclasses.replace(plan, out=args.out), results, args.json)
+    return EXIT_OK
+
+
+def _report(plan, results, as_json: bool) -> None:
+    from .evaluation.harness import summarize, write_summary
+
+    plan.out.mkdir(parents=True, exist_ok=True)
     summary = summarize(plan, results)
     write_summary(plan, results, summary)
     task_check = (f", robosuite's own check {100 * summary['task_success_rate']:.0f}%"
@@ -133,9 +169,8 @@ def _run(plan, args: argparse.Namespace) -> int:
           f"mean plan {summary['mean_plan_s'] or float('nan'):.3f} s per action "
           f"({plan.planner['samples']} samples x {plan.planner['iterations']} iterations, "
           f"horizon {plan.planner['horizon']}); media in {plan.out}")
-    if args.json:
+    if as_json:
         print(json.dumps(summary))
-    return EXIT_OK
 
 
 @contextmanager
@@ -149,8 +184,10 @@ def service_and_arm(args: argparse.Namespace, service_env: dict[str, str] | None
     if args.http is not None:
         url, endpoint = args.http, args.endpoint
     else:
+        dtype = getattr(args, "dtype", None)  # `sweep` has no --dtype: the service's default
         service_process = ServiceProcess(args.model, random_init_seed=args.seed if args.random_init else None,
-                                         device=args.device, threads=args.threads, env=service_env).__enter__()
+                                         device=args.device, threads=args.threads, dtype=dtype,
+                                         env=service_env).__enter__()
         url, endpoint = service_process.url, service_process.bridge_endpoint
     service = ServiceClient(url, os.environ.get("JEPA_API_KEY"))
     arm = None

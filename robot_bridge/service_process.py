@@ -75,9 +75,9 @@ class ServiceProcess:
     started it (on Linux, even when that process is killed)."""
 
     def __init__(self, model: str = "demo", *, random_init_seed: int | None = None, device: str | None = None,
-                 threads: int | None = None, env: dict[str, str] | None = None, data_dir: Path | None = None,
-                 load_timeout_s: float = 300.0):
-        self.model, self.random_init_seed, self.device = model, random_init_seed, device
+                 threads: int | None = None, dtype: str | None = None, env: dict[str, str] | None = None,
+                 data_dir: Path | None = None, load_timeout_s: float = 300.0):
+        self.model, self.random_init_seed, self.device, self.dtype = model, random_init_seed, device, dtype
         self.threads, self.env, self.data_dir, self.load_timeout_s = threads, env, data_dir, load_timeout_s
         self.url = self.bridge_endpoint = ""
         self.log_path: Path | None = None
@@ -94,6 +94,8 @@ class ServiceProcess:
                    "--bridge", self.bridge_endpoint, "--data-dir", str(self.data_dir), "--log-level", "warning"]
         if self.device:
             command += ["--device", self.device]
+        if self.dtype:
+            command += ["--dtype", self.dtype]
         if self.random_init_seed is not None:
             command += ["--random-init", str(self.random_init_seed)]
         env = dict(os.environ if self.env is None else self.env)

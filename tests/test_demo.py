@@ -91,3 +91,42 @@ def test_a_rate_slower_than_the_bridge_allows_runs_the_blocking_loop_instead_of_
     output = capsys.readouterr().out
     assert "the blocking loop instead" in output and "blocking loop at" in output
     assert json.loads(output.strip().splitlines()[-1])["episodes"] == 1
+
+
+def test_an_evaluation_split_into_shards_runs_the_same_episodes_and_merges_into_one_summary(tmp_path, capsys):
+    common = ["demo", "--steps", "1", "--random-init", "--model", "tiny", "--samples", "16", "--iterations", "1",
+              "--seed", "4", "--json"]
+    assert cli.main([*common, "--episodes", "2", "--out", str(tmp_path / "whole")]) == 0
+    assert cli.main([*common, "--episodes", "1", "--first-episode", "1", "--out", str(tmp_path / "second")]) == 0
+    assert cli.main([*common, "--episodes", "1", "--out", str(tmp_path / "first")]) == 0
+    capsys.readouterr()
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())["episodes_detail"]
+    second = json.loads((tmp_path / "second" / "summary.json").read_text())
+    assert second["episode_indices"] == [1]
+    # The same episode wherever it runs: its start (arm, cube, goal) comes from (seed, index) alone.
+    assert second["episodes_detail"][0]["start_distance_m"] == pytest.approx(whole[1]["start_distance_m"], abs=1e-9)
+    assert whole[0]["start_distance_m"] != pytest.approx(whole[1]["start_distance_m"])
+
+    merged_out = tmp_path / "merged"
+    assert cli.main(["eval", "--merge", str(tmp_path / "second"), str(tmp_path / "first" / "summary.json"),
+                     "--out", str(merged_out), "--json"]) == 0
+    merged = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert merged["episodes"] == 2 and merged["episode_indices"] == [0, 1]
+    details = json.loads((merged_out / "summary.json").read_text())["episodes_detail"]
+    assert [d["start_distance_m"] for d in details] == pytest.approx([d["start_distance_m"] for d in whole])
+    assert merged["successes"] == sum(d["success"] for d in details)
+
+
+def test_merging_refuses_repeated_episodes_other_evaluations_and_overwriting_a_shard(tmp_path, capsys):
+    common = ["demo", "--steps", "1", "--random-init", "--model", "tiny", "--samples", "16", "--iterations", "1"]
+    assert cli.main([*common, "--episodes", "1", "--seed", "4", "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*common, "--episodes", "1", "--seed", "5", "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    shard = (tmp_path / "a" / "summary.json").read_text()
+    for shards, out, message in (([tmp_path / "a", tmp_path / "a"], tmp_path / "m1", "more than one shard"),
+                                 ([tmp_path / "a", tmp_path / "b"], tmp_path / "m2", "seed"),
+                                 ([tmp_path / "a", tmp_path / "missing"], tmp_path / "m3", "missing"),
+                                 ([tmp_path / "a"], tmp_path / "a", "holds a shard")):
+        assert cli.main(["eval", "--merge", *map(str, shards), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "a" / "summary.json").read_text() == shard

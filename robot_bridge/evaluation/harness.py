@@ -54,6 +54,9 @@ class EvalPlan:
     steps: int
     radius: float
     planner: dict
+    # Episode i is the same wherever it runs (seed sequence (seed, i)), so a long evaluation can be split
+    # into shards (first_episode, episodes) run apart and merged (`merge_summaries`).
+    first_episode: int = 0
     rate: float | None = None  # control Hz; None: the arm's own, slowed to what the planner keeps up with
     # The paper's loop (ArmClient blocking mode): hold, send one observation, wait for its plan, execute
     # it for one period, repeat. Every plan is fresh however slow it is, with no pacing to measure first.
@@ -83,7 +86,8 @@ def run_episodes(plan: EvalPlan, service: ServiceClient, bridge_endpoint: str, a
     else:
         log(f"control rate {rate:.2f} Hz (each plan must arrive within one period)")
     results = []
-    for index in range(plan.episodes):
+    last = plan.first_episode + plan.episodes
+    for index in range(plan.first_episode, last):
         episode = make_episode(plan.env, arm, np.random.default_rng([plan.seed, index]), plan.task)
         goal_ids = [service.upload_goal(image, f"{plan.task} episode {index} goal {number}")
                     for number, image in enumerate(episode.goal_images)]
@@ -114,7 +118,7 @@ def run_episodes(plan: EvalPlan, service: ServiceClient, bridge_endpoint: str, a
         write_episode_media(plan.out, index, recorder.frames, episode.goal_image, result.final_distance_m)
         subgoal = (f", on sub-goal {result.goals_reached + 1}/{len(goal_ids)}"
                    if len(goal_ids) > 1 and result.goals_reached is not None else "")
-        log(f"episode {index + 1}/{plan.episodes}: {'success' if result.success else 'failure'}, "
+        log(f"episode {index + 1}/{last}: {'success' if result.success else 'failure'}, "
             f"distance {100 * result.start_distance_m:.1f} -> {100 * result.final_distance_m:.1f} cm "
             f"in {result.moves} steps, plan {np.mean(result.plan_s or [np.nan]):.3f} s/action{subgoal}")
     return results
@@ -186,6 +190,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult]) -> dict:
         "model": plan.label,
         "seed": plan.seed,
         "episodes": len(results),
+        "episode_indices": [r.index for r in results],
         "successes": successes,
         "success_rate": successes / len(results),
         "success_radius_m": plan.radius,
@@ -209,3 +214,27 @@ def write_summary(plan: EvalPlan, results: list[EpisodeResult], summary: dict) -
                   [r.success for r in results])
     detail = {**summary, "episodes_detail": [asdict(r) for r in results]}
     (plan.out / "summary.json").write_text(json.dumps(detail, indent=2))
+
+
+# What makes two summaries shards of one evaluation.
+_SAME_EVALUATION = ("env", "task", "model", "seed", "steps", "success_radius_m", "planner")
+
+
+def merge_summaries(paths: list[Path]) -> tuple[EvalPlan, list[EpisodeResult]]:
+    """The plan and episodes of one evaluation from its shards' summary.json files (each episode once)."""
+    shards = [json.loads(Path(path).read_text()) for path in paths]
+    first = shards[0]
+    for path, shard in zip(paths[1:], shards[1:]):
+        differing = [key for key in _SAME_EVALUATION if shard.get(key) != first.get(key)]
+        if differing:
+            raise ValueError(f"{path} is another evaluation than {paths[0]}: {', '.join(differing)} differ")
+    results = sorted((EpisodeResult(**episode) for shard in shards for episode in shard["episodes_detail"]),
+                     key=lambda result: result.index)
+    indices = [result.index for result in results]
+    repeated = sorted({index for index in indices if indices.count(index) > 1})
+    if repeated:
+        raise ValueError(f"episodes {repeated} are in more than one shard")
+    plan = EvalPlan(env=first["env"], task=first["task"], episodes=len(results), seed=first["seed"],
+                    steps=first["steps"], radius=first["success_radius_m"], planner=first["planner"],
+                    label=first["model"])
+    return plan, results
