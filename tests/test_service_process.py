@@ -49,3 +49,15 @@ def test_the_service_ends_when_the_process_that_started_it_is_killed():
             client.kill()
         if service_pid is not None and running(service_pid):
             os.kill(service_pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", None])
+def test_the_service_computes_in_the_dtype_it_was_started_with(dtype):
+    from robot_bridge.service_process import ServiceClient, ServiceProcess
+
+    with ServiceProcess("tiny", device="cpu", dtype=dtype) as service:
+        client = ServiceClient(service.url, None)
+        try:
+            assert client.model_info()["dtype"] == (dtype or "float32")
+        finally:
+            client.close()
