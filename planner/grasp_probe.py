@@ -94,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=Path, required=True, help="the .npz from `jepa-planner grasp-scenes`")
     parser.add_argument("--model", default="robosuite", help="embedded model, .safetensors or .pt (default %(default)s)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype, as `serve --dtype` (default %(default)s)")
     parser.add_argument("--plan", metavar="SAMPLESxITERATIONS", default=None,
                         help="also plan once from each scene as the lift evaluation does (horizon 2), e.g. 400x10")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         missing = set(REQUIRED_KEYS) - set(scenes)
         if missing:
             raise ValueError(f"not a grasp-scenes file: it lacks {', '.join(sorted(missing))}")
-        model = load_world_model(args.model, device=args.device)
+        model = load_world_model(args.model, device=args.device, dtype=args.dtype)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         print(f"jepa-planner probe-grasp: {error}", file=sys.stderr)
         return 2
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     for index, row in enumerate(rows):
         print(f"scene {index}: real closed {row['real_closed']:.3f} open {row['real_open']:.3f} | "
               f"imagined closed {row['imagined_closed']:.3f} open {row['imagined_open']:.3f}")
-    summary = {"model": args.model, **summarize(rows)}
+    summary = {"model": args.model, "dtype": args.dtype, **summarize(rows)}
     print(f"open-minus-closed energy gap against the raised sub-goal: real {summary['real_gap']:.3f}, "
           f"imagined {summary['imagined_gap']:.3f} ({100 * summary['imagined_over_real']:.0f}% of real)")
     for branch in BRANCHES:

@@ -5,6 +5,7 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 
 from planner import grasp_probe
 
@@ -54,3 +55,17 @@ def test_plan_reports_the_lift_planners_first_step_from_each_scene_and_refuses_a
     for bad in ("400", "5x10", "axb"):
         assert grasp_probe.run(parser.parse_args(arguments + ["--plan", bad])) == 2
         assert "--plan takes SAMPLESxITERATIONS" in capsys.readouterr().err
+
+
+def test_probes_in_bf16_as_serve_dtype_would_and_imagines_about_what_float32_does(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    grasp_probe.add_arguments(parser)
+    path = scenes_file(tmp_path / "scenes.npz")
+    gaps = {}
+    for dtype in ("float32", "bfloat16"):
+        arguments = ["--scenes", str(path), "--model", "tiny", "--device", "cpu", "--dtype", dtype, "--json"]
+        assert grasp_probe.run(parser.parse_args(arguments)) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["dtype"] == dtype
+        gaps[dtype] = summary["imagined_closed_to_real_closed"]
+    assert gaps["bfloat16"] != gaps["float32"] and gaps["bfloat16"] == pytest.approx(gaps["float32"], rel=0.05)
