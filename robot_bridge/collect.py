@@ -37,6 +37,8 @@ from robot_bridge.poses import pose_difference
 from robot_bridge.sim import HOME_STATE, Box, SimArm, SimConfig
 
 CUBE_FEATURE = ["cube_x", "cube_y", "cube_z"]
+# LeRobot's `robot_type` per simulator: what a dataset's reader sees of where it was recorded.
+ROBOT_TYPES = {"sim": "sim_franka_style", "robosuite": "robosuite_panda"}
 # What every collected frame carries besides image and state, whichever simulator recorded it.
 RECORDED_FEATURES = {JOINTS: JOINT_NAMES, COMMANDED_ACTION: POSE_NAMES, ENVIRONMENT_STATE: CUBE_FEATURE}
 PUSH_HEIGHT = 0.03          # TCP height while pushing: fingertips ~2 cm above the table, mid-cube
@@ -257,6 +259,7 @@ def collect(
             optional_features=RECORDED_FEATURES,
             extra_info=provenance,
             video=video,
+            robot_type=ROBOT_TYPES[env],
         ) as writer:
             for episode in tqdm(range(episodes), desc="collect", unit="ep", disable=not progress):
                 rng = np.random.default_rng([seed, episode])

@@ -192,6 +192,7 @@ def test_collect_in_robosuite_records_grasps_that_lift_the_cube_and_repeats_unde
 
     reader = collect(tmp_path / "two", 2)
     assert reader.num_episodes == 2 and reader.frames(0).shape == (17, 32, 32, 3)
+    assert reader.info["robot_type"] == "robosuite_panda"   # it said the project's own sim arm
     for episode in reader.episodes:
         assert reader.task(episode) == "lift the cube"
         cube = reader.column(ENVIRONMENT_STATE, episode)
