@@ -66,7 +66,8 @@ class EvalPlan:
 
 
 def run_episodes(plan: EvalPlan, service: ServiceClient, bridge_endpoint: str, arm, limits: SafetyLimits,
-                 log=print) -> list[EpisodeResult]:
+                 log=print, on_episode=None) -> list[EpisodeResult]:
+    """The episodes' results; `on_episode(results so far)` after each one (a killed run keeps those)."""
     plan.out.mkdir(parents=True, exist_ok=True)
     # The planner searches the box the arm accepts (robosuite's table is below its base: z < 0).
     planner = {"workspace_min": list(limits.workspace_low), "workspace_max": list(limits.workspace_high),
@@ -116,6 +117,8 @@ def run_episodes(plan: EvalPlan, service: ServiceClient, bridge_endpoint: str, a
         result.goals_reached = stopped["goal_index"] if stopped else None
         results.append(result)
         write_episode_media(plan.out, index, recorder.frames, episode.goal_image, result.final_distance_m)
+        if on_episode is not None:
+            on_episode(results)
         subgoal = (f", on sub-goal {result.goals_reached + 1}/{len(goal_ids)}"
                    if len(goal_ids) > 1 and result.goals_reached is not None else "")
         log(f"episode {index + 1}/{last}: {'success' if result.success else 'failure'}, "
@@ -213,7 +216,9 @@ def write_summary(plan: EvalPlan, results: list[EpisodeResult], summary: dict) -
     plot_energies(plan.out / "energy.png", [r.energies for r in results], [r.distances_m for r in results],
                   [r.success for r in results])
     detail = {**summary, "episodes_detail": [asdict(r) for r in results]}
-    (plan.out / "summary.json").write_text(json.dumps(detail, indent=2))
+    partial = plan.out / "summary.json.partial"   # replaced whole: a run killed mid-write keeps the last one
+    partial.write_text(json.dumps(detail, indent=2))
+    partial.replace(plan.out / "summary.json")
 
 
 # What makes two summaries shards of one evaluation.
