@@ -130,3 +130,47 @@ def test_merging_refuses_repeated_episodes_other_evaluations_and_overwriting_a_s
         assert cli.main(["eval", "--merge", *map(str, shards), "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
     assert (tmp_path / "a" / "summary.json").read_text() == shard
+
+
+def test_robosuite_lift_defaults_to_the_embedded_model_that_imagines_grasps():
+    assert eval_command.default_model("robosuite", "lift") == "robosuite-lift"
+    assert [eval_command.default_model("robosuite", task) for task in ("reach", "push")] == ["robosuite"] * 2
+    assert eval_command.default_model("sim", "push") == "demo"
+
+
+def test_lift_plans_with_the_official_search_at_horizon_2_unless_told():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    lift = eval_command.planner_settings(parser.parse_args(["--env", "robosuite", "--task", "lift"]))
+    assert (lift["samples"], lift["iterations"], lift["horizon"]) == (400, 10, 2)
+    reach = eval_command.planner_settings(parser.parse_args(["--env", "robosuite", "--task", "reach"]))
+    assert (reach["samples"], reach["iterations"], reach["horizon"]) == (128, 4, 1)
+    told = eval_command.planner_settings(parser.parse_args(["--task", "lift", "--samples", "64", "--iterations", "2"]))
+    assert (told["samples"], told["iterations"], told["horizon"]) == (64, 2, 2)
+
+
+def test_an_evaluation_killed_part_way_keeps_the_episodes_it_finished_as_a_mergeable_shard(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    run = subprocess.Popen([sys.executable, "-m", "server.cli", "demo", "--episodes", "50", "--steps", "2",
+                            "--random-init", "--model", "tiny", "--samples", "16", "--iterations", "1", "--seed", "4",
+                            "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "summary.json").exists() and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.2)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=10)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    kept = json.loads((out / "summary.json").read_text())
+    assert 1 <= kept["episodes"] < 50 and kept["episode_indices"] == list(range(kept["episodes"]))
+    assert cli.main(["eval", "--merge", str(out), "--out", str(tmp_path / "merged"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == kept["episodes"]

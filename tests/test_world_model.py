@@ -1,6 +1,7 @@
 """WorldModel facade: loading, encode/rollout contracts, cached rollout == full recompute."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -108,11 +109,26 @@ def test_random_preset_is_deterministic_and_warns(caplog):
     assert any(not torch.equal(a, c) for a, c in zip(first.state_dict().values(), other.state_dict().values()))
 
 
-@pytest.mark.parametrize("name", ["demo", "robosuite"])
+@pytest.mark.parametrize("name", ["demo", "robosuite", "robosuite-lift"])
 def test_embedded_model_without_weights_says_how_to_train(monkeypatch, tmp_path, name):
     monkeypatch.setitem(world_model.model.EMBEDDED_WEIGHTS, name, tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match=f"the {name} world model .*jepa-planner train"):
         load_world_model(name)
+
+
+def test_the_embedded_lift_model_is_stored_in_bf16_loads_as_float32_and_records_how_to_remake_it():
+    from world_model.checkpoint import read_safetensors
+
+    path = world_model.model.EMBEDDED_WEIGHTS["robosuite-lift"]
+    config, encoder, predictor, _ = read_safetensors(path)
+    assert {tensor.dtype for tensor in [*encoder.values(), *predictor.values()]} == {torch.bfloat16}
+    assert (config.predictor.predictor_embed_dim, config.predictor.depth) == (256, 6)
+    model = load_world_model("robosuite-lift", device="cpu")
+    assert model.predictor.predictor_proj.weight.dtype == torch.float32
+    stored = predictor["predictor_proj.weight"]
+    assert torch.equal(model.predictor.predictor_proj.weight, stored.float())
+    provenance = json.loads(path.with_name("robosuite-lift.provenance.json").read_text())
+    assert all(step.startswith("jepa-planner ") for step in provenance["reproduce"]["steps"])
 
 
 def test_unknown_source_and_plain_preset_are_rejected():

@@ -21,8 +21,10 @@ logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_WEIGHTS = ASSETS / "demo.safetensors"
-# Embedded trained models, by name: the sim's (the default everywhere) and robosuite's Panda scene.
-EMBEDDED_WEIGHTS = {"demo": DEMO_WEIGHTS, "robosuite": ASSETS / "robosuite.safetensors"}
+# Embedded trained models, by name: the sim's (the default everywhere), robosuite's Panda scene, and a
+# wider predictor for that scene trained on grasps that also raise with open fingers (lift).
+EMBEDDED_WEIGHTS = {"demo": DEMO_WEIGHTS, "robosuite": ASSETS / "robosuite.safetensors",
+                    "robosuite-lift": ASSETS / "robosuite-lift.safetensors"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
@@ -198,7 +200,8 @@ def load_world_model(
     """A `WorldModel` from a preset name, a released `.pt` or one of our `.safetensors` files.
 
     * `"demo"`: the embedded model, `world_model/assets/demo.safetensors`; `"robosuite"`: the one
-      trained in robosuite's Lift scene, `world_model/assets/robosuite.safetensors`.
+      trained in robosuite's Lift scene, `world_model/assets/robosuite.safetensors`; `"robosuite-lift"`:
+      its encoder with a 256 x 6 predictor that imagines grasps (stored in bf16, loaded as float32).
     * another AC preset name (`ac_vit_giant`, `small`, `tiny`): randomly initialised from `seed`,
       with a warning; useful for tests and benchmarks only.
     * a path: weights loaded strictly; the architecture comes from `config`, the file's
