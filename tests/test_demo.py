@@ -54,6 +54,7 @@ def test_one_episode_end_to_end_writes_media_and_a_json_summary(tmp_path, capsys
     detail = json.loads((out / "summary.json").read_text())["episodes_detail"][0]
     # Exactly the step budget of executed plans, each with its energy and the distance after it.
     assert detail["moves"] == 3 and len(detail["energies"]) == 3 and len(detail["distances_m"]) == 3
+    assert len(detail["grippers"]) == 3 and all(0.0 <= g <= 1.0 for g in detail["grippers"])
     # The arm holds when the loop ends, which only lets it settle where the last plan sent it.
     assert detail["final_distance_m"] == pytest.approx(detail["distances_m"][-1], abs=0.005)
 

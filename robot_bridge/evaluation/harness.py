@@ -41,6 +41,8 @@ class EpisodeResult:
     plan_s: list[float] = field(default_factory=list)
     energies: list[float] = field(default_factory=list)
     distances_m: list[float] = field(default_factory=list)
+    # The measured gripper after each step (0 open .. 1 closed): whether a dropped cube was let go or slipped.
+    grippers: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ class _Recorder(Subscriber):
         self.frames = [episode.start_image]
         self.start_distance = episode.distance()
         self.distances: list[float] = []
+        self.grippers: list[float] = []
         self.energies: list[float] = []
         self.plan_s: list[float] = []
         self._seen_actions: set[int] = set()
@@ -171,6 +174,7 @@ class _Recorder(Subscriber):
         if np.any(step.action.delta):  # a zero delta is a hold on arrival: nothing was planned
             self.plan_s.append(step.action.planning_ms / 1000.0)
         self.distances.append(self.episode.distance())
+        self.grippers.append(float(self.episode.arm.state()[6]))
         self.frames.append(self.episode.arm.render())
         if len(self.distances) >= self.steps and self.client is not None:
             self.client.request_stop()
@@ -181,7 +185,7 @@ class _Recorder(Subscriber):
                              start_distance_m=self.start_distance, final_distance_m=final,
                              min_distance_m=min([self.start_distance, *self.distances]), moves=len(self.distances),
                              task_success=self.episode.task_success(), plan_s=self.plan_s, energies=self.energies,
-                             distances_m=self.distances)
+                             distances_m=self.distances, grippers=self.grippers)
 
 
 def summarize(plan: EvalPlan, results: list[EpisodeResult]) -> dict:
