@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -239,8 +240,7 @@ def merge_summaries(paths: list[Path]) -> tuple[EvalPlan, list[EpisodeResult]]:
             raise ValueError(f"{path} is another evaluation than {paths[0]}: {', '.join(differing)} differ")
     results = sorted((EpisodeResult(**episode) for shard in shards for episode in shard["episodes_detail"]),
                      key=lambda result: result.index)
-    indices = [result.index for result in results]
-    repeated = sorted({index for index in indices if indices.count(index) > 1})
+    repeated = sorted(index for index, count in Counter(result.index for result in results).items() if count > 1)
     if repeated:
         raise ValueError(f"episodes {repeated} are in more than one shard")
     plan = EvalPlan(env=first["env"], task=first["task"], episodes=len(results), seed=first["seed"],
