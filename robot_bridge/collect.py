@@ -10,7 +10,9 @@ see robosuite_collect.py). Three kinds of episodes:
     along a random direction until the tool centre is 5-15 cm past the cube's start (the cube
     moves roughly 10-20 cm), then explore;
   * grasp (robosuite by default): above the cube with the gripper open, down around it, close,
-    lift it 8-15 cm, then explore with it in hand (the lift task's sub-goals are these stages).
+    lift it 8-15 cm, then explore with it in hand (the lift task's sub-goals are these stages);
+    `--open-raise-fraction` of them raise with open fingers instead, `--release-fraction` of the
+    carrying ones open the hand in the air a few periods later and drop the cube.
 Episode i depends only on (seed, i), so datasets are reproducible and can be split freely.
 """
 from __future__ import annotations
@@ -57,13 +59,17 @@ class ExplorationConfig:
     # Share of grasp episodes that raise with the fingers still open, leaving the cube on the table: without
     # them every raise from around the cube carries it, and a model imagines carrying whatever the gripper does.
     open_raise_fraction: float = 0.0
+    # Share of the carrying grasp episodes that open the hand in the air a few periods after the lift, so
+    # the cube falls: without them the data never shows a let-go, and a model imagines the cube staying in
+    # an opened hand (lift episodes held the cube at the goal, then the plan opened the fingers).
+    release_fraction: float = 0.0
     table_z: float = 0.0  # the table top's height in the arm's frame (robosuite: 0.112 m below the base)
 
     def __post_init__(self):
         if not 0 < self.max_step_m <= 0.2:
             raise ValueError(f"max step must be in (0, 0.2] m, got {self.max_step_m}")
         for name in ("push_fraction", "random_start_fraction", "gripper_toggle_probability", "grasp_fraction",
-                     "open_raise_fraction"):
+                     "open_raise_fraction", "release_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.push_fraction + self.grasp_fraction > 1:
@@ -72,6 +78,7 @@ class ExplorationConfig:
 
 GRASP_LIFT_M = (0.08, 0.15)  # how far a grasp episode lifts the cube
 GRASP_DWELL_STEPS = 2        # periods spent closing the fingers around the cube
+RELEASE_AFTER_STEPS = (0, 4)  # explore periods with the cube in hand before a releasing episode lets go (still up)
 
 
 class ExplorationPolicy:
@@ -88,6 +95,7 @@ class ExplorationPolicy:
         self._step = config.max_step_m * rng.uniform(0.25, 1.0)
         self._gripper = 0.0
         self._waypoints: list[tuple[np.ndarray, float, int]] = []  # (position, gripper, periods to dwell)
+        self._release_in: int | None = None  # explore periods left before letting go of a carried cube
         kind = rng.random()  # one draw picks the kind, so sim datasets stay as they were
         self.pushing = kind < config.push_fraction
         self.grasping = config.push_fraction <= kind < config.push_fraction + config.grasp_fraction
@@ -149,6 +157,8 @@ class ExplorationPolicy:
         grip = 1.0 if closing else 0.0
         self._waypoints = [(clip(above), 0.0, 0), (clip(at), 0.0, 0), (clip(at), grip, GRASP_DWELL_STEPS),
                            (clip(lifted), grip, 0)]
+        if closing and self._config.release_fraction > 0 and self._rng.random() < self._config.release_fraction:
+            self._release_in = int(self._rng.integers(*RELEASE_AFTER_STEPS))
 
     def _explore_delta(self, position: np.ndarray) -> np.ndarray:
         if self._segment_left == 0:
@@ -164,7 +174,13 @@ class ExplorationPolicy:
 
     def _update_gripper(self) -> None:
         if self.grasping:
-            return  # keep holding the lifted cube while exploring with it
+            # Keep holding the lifted cube while exploring with it, or let it go once, in the air.
+            if self._release_in is not None:
+                if self._release_in == 0:
+                    self._gripper = 0.0
+                else:
+                    self._release_in -= 1
+            return
         draw = self._rng.random()
         if draw < self._config.gripper_toggle_probability:
             self._gripper = 1.0 - round(self._gripper)
@@ -288,6 +304,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of episodes that grasp and lift the cube (default 0 sim, 0.4 robosuite)")
     parser.add_argument("--open-raise-fraction", type=float, default=None,
                         help="share of those that raise with the fingers open, leaving the cube (default 0)")
+    parser.add_argument("--release-fraction", type=float, default=None,
+                        help="share of the carrying ones that open the hand in the air after the lift (default 0)")
     parser.add_argument("--video", action="store_true",
                         help="store frames as AV1 mp4 video (LeRobot's default; lossy) instead of embedded PNGs")
     parser.add_argument("--no-progress", action="store_true")
@@ -308,6 +326,8 @@ def exploration_for(args: argparse.Namespace) -> ExplorationConfig:
         overrides["grasp_fraction"] = args.grasp_fraction
     if args.open_raise_fraction is not None:
         overrides["open_raise_fraction"] = args.open_raise_fraction
+    if args.release_fraction is not None:
+        overrides["release_fraction"] = args.release_fraction
     return replace(base, **overrides)
 
 

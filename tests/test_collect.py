@@ -80,14 +80,16 @@ def test_bad_arguments_are_usage_errors(dataset, tmp_path, capsys):
     assert not (tmp_path / "unused").exists()
 
 
-def grasp_targets(open_raise_fraction: float, seed: int = 3) -> list[np.ndarray]:
+def grasp_targets(open_raise_fraction: float, seed: int = 3, release_fraction: float = 0.0,
+                  steps: int = 20) -> list[np.ndarray]:
     """Targets of one grasp episode, stepping the state straight onto each target (no physics)."""
-    config = collect.ExplorationConfig(push_fraction=0.0, grasp_fraction=1.0, open_raise_fraction=open_raise_fraction)
+    config = collect.ExplorationConfig(push_fraction=0.0, grasp_fraction=1.0, open_raise_fraction=open_raise_fraction,
+                                       release_fraction=release_fraction)
     cube = np.array([0.5, 0.0, 0.04])
     state = np.array([0.5, 0.0, 0.3, np.pi, 0.0, 0.0, 0.0])
     policy = collect.ExplorationPolicy(np.random.default_rng(seed), config, cube, state)
     targets = []
-    for _ in range(20):
+    for _ in range(steps):
         state = policy.next_target(state)
         targets.append(state.copy())
     return targets
@@ -113,3 +115,20 @@ def test_open_raises_off_by_default_draw_nothing_so_earlier_datasets_repeat():
     reference = np.random.default_rng(0)
     reference.random(), reference.uniform(0.25, 1.0), reference.normal(0.0, 0.004, size=2), reference.uniform(0.08, 0.15)
     assert after_policy == reference.random()
+
+
+def test_releasing_grasp_episodes_carry_the_cube_up_then_open_once_in_the_air():
+    for seed in range(5):
+        carried, released = grasp_targets(0.0, seed, steps=30), grasp_targets(0.0, seed, release_fraction=1.0, steps=30)
+        grippers = [t[6] for t in released]
+        closed = grippers.index(1.0)
+        opened = closed + grippers[closed:].index(0.0)
+        assert all(g == 1.0 for g in grippers[closed:opened]) and all(g == 0.0 for g in grippers[opened:])
+        heights = [t[2] for t in released]
+        lift_height = 0.04 + collect.GRASP_LIFT_M[0] - 0.01
+        lifted = next(i for i in range(closed, len(heights)) if heights[i] > lift_height)
+        assert lifted <= opened <= lifted + collect.RELEASE_AFTER_STEPS[1] + 1  # soon after the lift
+        # The same grasp and lift as the episode that keeps the cube (the exploring after it differs).
+        np.testing.assert_allclose([t[:3] for t in carried[:lifted + 1]], [t[:3] for t in released[:lifted + 1]])
+        assert all(t[6] == 1.0 for t in carried[closed:])
+
