@@ -13,7 +13,10 @@ grasp-scenes`, this compares:
   one (a predictor that ignores the gripper imagines both branches nearest the same outcome).
 
 An imagined gap near zero while the real one is clearly positive says the predictor, not the
-planner or the sub-goals, is what keeps lift from working. `--plan SAMPLESxITERATIONS` also plans
+planner or the sub-goals, is what keeps lift from working. Where the file has them (`hold_` keys), the
+same gaps at the end of the lift: against the lifted goal, keeping the hand closed around the carried
+cube against opening it (the cube falls). A model that never saw a let-go imagines the opened hand still
+holding, and a planner at the goal is then free to open it. `--plan SAMPLESxITERATIONS` also plans
 once from each scene against the raised sub-goal, as the lift evaluation does (horizon 2): does the
 planner close first, and how far does that first step move the hand (off the cube, it closes on nothing)?
 """
@@ -34,10 +37,13 @@ from planner.pose import pose_difference
 BRANCHES = ("closed", "open")
 REQUIRED_KEYS = ("start_image", "start_state", "goal_image",
                  *(f"{branch}_{part}" for branch in BRANCHES for part in ("states", "image")))
+HOLD_PREFIX = "hold_"  # grasp-scenes' keys for the scenes at the lifted goal (files from before them lack these)
 
 
-def scene_gaps(model, scenes: dict[str, np.ndarray]) -> list[dict[str, float]]:
-    """Per scene: real and imagined final-frame energies of both branches against the goal."""
+def scene_gaps(model, scenes: dict[str, np.ndarray], prefix: str = "") -> list[dict[str, float]]:
+    """Per scene: real and imagined final-frame energies of both branches against the goal
+    (`prefix` picks the scenes: "" at the cube, HOLD_PREFIX at the lifted goal)."""
+    scenes = {key[len(prefix):]: value for key, value in scenes.items() if key.startswith(prefix)}
     rows = []
     for index in range(len(scenes["start_image"])):
         start_latent = model.encode(scenes["start_image"][index])
@@ -125,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
     for branch in BRANCHES:
         print(f"imagined '{branch}' branch: {summary[f'imagined_{branch}_to_real_closed']:.3f} from the real carried "
               f"frame, {summary[f'imagined_{branch}_to_real_open']:.3f} from the real left-behind one")
+    if all(HOLD_PREFIX + key in scenes for key in REQUIRED_KEYS):
+        hold = summarize(scene_gaps(model, scenes, HOLD_PREFIX))
+        summary["hold"] = {key: hold[key] for key in ("real_gap", "imagined_gap", "imagined_over_real")}
+        print(f"open-minus-closed energy gap holding the cube at the lifted goal: real {hold['real_gap']:.3f}, "
+              f"imagined {hold['imagined_gap']:.3f} ({100 * hold['imagined_over_real']:.0f}% of real)")
     if budget is not None:
         plans = first_plans(model, scenes, *budget)
         closing = [plan for plan in plans if plan["first_gripper"] >= GRIPPER_CLOSING]

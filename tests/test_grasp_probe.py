@@ -69,3 +69,32 @@ def test_probes_in_bf16_as_serve_dtype_would_and_imagines_about_what_float32_doe
         assert summary["dtype"] == dtype
         gaps[dtype] = summary["imagined_closed_to_real_closed"]
     assert gaps["bfloat16"] != gaps["float32"] and gaps["bfloat16"] == pytest.approx(gaps["float32"], rel=0.05)
+
+
+def test_hold_scenes_at_the_lifted_goal_are_probed_where_the_file_has_them(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    grasp_probe.add_arguments(parser)
+    older = scenes_file(tmp_path / "older.npz")
+    with np.load(older) as data:
+        scenes = {key: data[key] for key in data.files}
+    # At the goal: keeping the hand closed leaves the goal's own frame (real energy 0), opening changes it.
+    hold = {grasp_probe.HOLD_PREFIX + key: value for key, value in scenes.items()}
+    hold["hold_goal_image"] = hold["hold_closed_image"] = scenes["start_image"]
+    newer = tmp_path / "newer.npz"
+    np.savez(newer, **scenes, **hold)
+    summaries = {}
+    for path in (older, newer):
+        assert grasp_probe.run(parser.parse_args(["--scenes", str(path), "--model", "tiny", "--device", "cpu", "--json"])) == 0
+        summaries[path.stem] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "hold" not in summaries["older"]
+    held = summaries["newer"]["hold"]
+    rows = grasp_probe.scene_gaps(_tiny(), hold, grasp_probe.HOLD_PREFIX)
+    assert all(row["real_closed"] == 0.0 for row in rows)
+    assert held["real_gap"] == pytest.approx(np.mean([row["real_open"] for row in rows])) and held["real_gap"] > 0
+    assert summaries["newer"]["real_gap"] == summaries["older"]["real_gap"]  # the grasp scenes are unchanged
+
+
+def _tiny():
+    from world_model import load_world_model
+
+    return load_world_model("tiny", device="cpu")

@@ -167,11 +167,15 @@ def test_grasp_scenes_show_a_closed_hand_carrying_the_cube_and_probe_grasp_compa
         assert data["start_image"].shape == (2, 64, 64, 3) and data["closed_states"].shape == (2, 2, 7)
         assert np.all(data["closed_cube_rise"] > 0.01), data["closed_cube_rise"]   # close, raise: carried
         assert np.all(np.abs(data["open_cube_rise"]) < 0.005), data["open_cube_rise"]  # raise alone: left behind
+        # At the lifted goal: the closed hand keeps the cube, the opened one drops it.
+        assert np.all(np.abs(data["hold_closed_cube_rise"]) < 0.005), data["hold_closed_cube_rise"]
+        assert np.all(data["hold_open_cube_rise"] < -0.03), data["hold_open_cube_rise"]
     probed = subprocess.run([sys.executable, "-m", "server.cli", "probe-grasp", "--scenes", str(scenes), "--json"],
                             capture_output=True, text=True, timeout=300, env=ENV)
     assert probed.returncode == 0, probed.stderr[-2000:]
     summary = json.loads(probed.stdout.strip().splitlines()[-1])
     assert summary["scenes"] == 2 and summary["real_gap"] > 0.03, summary
+    assert summary["hold"]["real_gap"] > 0.05 and np.isfinite(summary["hold"]["imagined_gap"]), summary
     assert np.isfinite(summary["imagined_gap"])
     # Each imagined frame's distance to both real outcomes; the real ones differ, so these cannot all agree.
     distances = [summary[f"imagined_{b}_to_real_{o}"] for b in ("closed", "open") for o in ("closed", "open")]

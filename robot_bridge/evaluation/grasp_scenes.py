@@ -3,8 +3,10 @@
 Each scene: robosuite's Panda around Lift's cube with the fingers open (the lift task's second
 sub-goal), the third sub-goal's image (the cube raised LIFT_RAISED_M in the closed hand, from a
 scripted grasp), and what really happens over two control periods from there: close then raise, and
-raise without closing. `jepa-planner probe-grasp` then compares, for a model, the energies of those
-real outcomes against the ones it imagines for the same two actions (planner/grasp_probe.py).
+raise without closing. Then the same question at the end of the lift (keys prefixed `hold_`): the
+cube carried up to the lifted goal, that goal's image, and two periods of keeping the hand closed
+against opening it (the cube falls). `jepa-planner probe-grasp` then compares, for a model, the
+energies of those real outcomes against the ones it imagines for the same actions (planner/grasp_probe.py).
 
 Torch-free; runs in robosuite's environment (re-runs itself there, as `eval --env robosuite` does).
 Writes one .npz: `start_image`, `start_state`, `goal_image`, and per branch (`closed`, `open`) the
@@ -24,6 +26,7 @@ from robot_bridge import robosuite_env
 from robot_bridge.evaluation.tasks import LIFT_CLOSING_STAGE, LIFT_RAISED_M, RS_DRIVE_PERIODS, lift_stages
 
 BRANCHES = {"closed": 1.0, "open": 0.0}  # the gripper target of the first period
+HOLD_PREFIX = "hold_"  # the scene at the lifted goal: keep holding or let go
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +60,32 @@ def record_scene(arm) -> dict[str, np.ndarray]:
         scene[f"{branch}_states"] = np.stack([after_first, arm.state()])
         scene[f"{branch}_image"] = arm.render()
         scene[f"{branch}_cube_rise"] = np.float64(arm.object_position()[2] - cube_there)
+    arm.restore_state(saved)
+    scene.update(record_hold(arm, stages))
     return scene
+
+
+def record_hold(arm, stages: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """From the open hand around the cube: the rest of the scripted lift (the lifted goal's image), then
+    two periods in place with the hand kept closed or opened (`{branch}_cube_rise` is negative: fallen)."""
+    for pose in stages[LIFT_CLOSING_STAGE:]:
+        arm.drive_to(pose, RS_DRIVE_PERIODS)
+    held = arm.observe()
+    cube_there = arm.object_position()[2]
+    saved = arm.save_state()
+    scene = {"start_image": held.image, "start_state": held.state, "goal_image": held.image}
+    for branch, gripper in BRANCHES.items():
+        arm.restore_state(saved)
+        target = held.state.copy()
+        target[6] = gripper
+        states = []
+        for _ in range(2):
+            arm.move_to(target)
+            states.append(arm.state())
+        scene[f"{branch}_states"] = np.stack(states)
+        scene[f"{branch}_image"] = arm.render()
+        scene[f"{branch}_cube_rise"] = np.float64(arm.object_position()[2] - cube_there)
+    return {HOLD_PREFIX + key: value for key, value in scene.items()}
 
 
 def run(args: argparse.Namespace) -> int:
