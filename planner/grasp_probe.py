@@ -67,23 +67,31 @@ def scene_gaps(model, scenes: dict[str, np.ndarray], prefix: str = "") -> list[d
 
 
 GRIPPER_CLOSING = 0.25   # a planned gripper delta at least this large closes (smaller ones are rounded to 0)
+# robosuite's gripper only opens or closes: the robosuite arm opens it for a planned delta below minus its
+# deadband (robot_bridge.robosuite_arm.GRIPPER_DEADBAND, not imported: the planner does not need the arm side).
+GRIPPER_OPENING = -0.1
+HOLD_PLAN_SEEDS = 4  # plans per held scene: a let-go a few plans in ten is already a dropped cube per episode
 
 
-def first_plans(model, scenes: dict[str, np.ndarray], samples: int, iterations: int) -> list[dict[str, float]]:
-    """Per scene: the lift planner's first planned step from the open hand around the cube (horizon 2, top-k
-    10, maxnorm 0.05 as `eval --task lift` plans; against the raised sub-goal): its gripper delta, how far it moves the hand, the second step's rise."""
+def first_plans(model, scenes: dict[str, np.ndarray], samples: int, iterations: int, prefix: str = "",
+                seeds: int = 1) -> list[dict[str, float]]:
+    """Per scene and seed: the lift planner's first planned step from the scene's start (horizon 2, top-k 10,
+    maxnorm 0.05 as `eval --task lift` plans) against its goal (at the cube: the raised sub-goal; with
+    HOLD_PREFIX: the lifted goal): its gripper delta, how far it moves the hand, the second step's rise."""
     from planner.config import PlannerConfig
     from planner.controller import RecedingHorizonController
 
     rows = []
-    for index in range(len(scenes["start_image"])):
-        config = PlannerConfig(horizon=2, samples=samples, iterations=iterations, topk=10, maxnorm=0.05, seed=index)
-        controller = RecedingHorizonController(model, config, model.encode(scenes["goal_image"][index])[0])
-        step = controller.step(model.encode(scenes["start_image"][index])[0],
-                               torch.as_tensor(scenes["start_state"][index], dtype=torch.float32))
-        plan = step.plan.cpu()
-        rows.append({"first_gripper": float(plan[0, 6]), "first_move_m": float(plan[0, :3].norm()),
-                     "second_rise_m": float(plan[1, 2])})
+    for index in range(len(scenes[prefix + "start_image"])):
+        goal = model.encode(scenes[prefix + "goal_image"][index])[0]
+        start = model.encode(scenes[prefix + "start_image"][index])[0]
+        state = torch.as_tensor(scenes[prefix + "start_state"][index], dtype=torch.float32)
+        for seed in range(seeds):
+            config = PlannerConfig(horizon=2, samples=samples, iterations=iterations, topk=10, maxnorm=0.05,
+                                   seed=index + 1000 * seed)
+            plan = RecedingHorizonController(model, config, goal).step(start, state).plan.cpu()
+            rows.append({"first_gripper": float(plan[0, 6]), "first_move_m": float(plan[0, :3].norm()),
+                         "second_rise_m": float(plan[1, 2])})
     return rows
 
 
@@ -145,6 +153,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"planning {args.plan} at horizon 2 from each scene: closes first in {len(closing)}/{len(plans)}, "
               f"first step moves the hand {100 * summary['mean_first_move_m']:.1f} cm, the second raises it "
               f"{100 * summary['mean_second_rise_m']:.1f} cm (means)")
+        if "hold" in summary:
+            held = first_plans(model, scenes, *budget, prefix=HOLD_PREFIX, seeds=HOLD_PLAN_SEEDS)
+            opening = [plan for plan in held if plan["first_gripper"] < GRIPPER_OPENING]
+            summary["hold"].update(plans=len(held), plans_opening_first=len(opening))
+            print(f"planning {args.plan} from the held cube against the lifted goal: opens the hand first in "
+                  f"{len(opening)}/{len(held)} plans ({HOLD_PLAN_SEEDS} seeds per scene)")
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -92,6 +92,13 @@ def test_hold_scenes_at_the_lifted_goal_are_probed_where_the_file_has_them(tmp_p
     assert all(row["real_closed"] == 0.0 for row in rows)
     assert held["real_gap"] == pytest.approx(np.mean([row["real_open"] for row in rows])) and held["real_gap"] > 0
     assert summaries["newer"]["real_gap"] == summaries["older"]["real_gap"]  # the grasp scenes are unchanged
+    # With --plan: how many plans from the held cube open the hand first (several seeds per scene).
+    assert grasp_probe.run(parser.parse_args(["--scenes", str(newer), "--model", "tiny", "--device", "cpu",
+                                              "--plan", "16x2", "--json"])) == 0
+    planned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["hold"]
+    assert planned["plans"] == 2 * grasp_probe.HOLD_PLAN_SEEDS and 0 <= planned["plans_opening_first"] <= planned["plans"]
+    plans = grasp_probe.first_plans(_tiny(), hold, 16, 2, prefix=grasp_probe.HOLD_PREFIX, seeds=2)
+    assert len(plans) == 4 and len({plan["first_gripper"] for plan in plans}) == 4  # each seed its own plan
 
 
 def _tiny():
