@@ -44,6 +44,12 @@ class PlannerConfig(BaseModel):
         description="hold (zero action, no planning) while the observed latent is this close to the final goal; "
         "None always plans. Stops a reach from dithering around its goal.",
     )
+    arrival_release_energy: Optional[float] = Field(
+        None, ge=0.0, allow_inf_nan=False,
+        description="once holding at the final goal, keep holding until the observed energy rises above this "
+        "(hysteresis); None: plan again as soon as it is at or above arrival_energy. A held goal whose energy "
+        "hovers about arrival_energy otherwise alternates holds with plans, and a lift plan can open the hand.",
+    )
     warm_start: bool = Field(
         True, description="start each control step's search from the previous plan shifted by one step; False: every "
         "step starts from the official initial distribution (mean 0, std maxnorm / 1), as a loop of official cem() calls does",
@@ -75,6 +81,10 @@ class PlannerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "PlannerConfig":
+        if self.arrival_release_energy is not None and (
+                self.arrival_energy is None or self.arrival_release_energy < self.arrival_energy):
+            raise ValueError(f"arrival_release_energy ({self.arrival_release_energy}) needs an arrival_energy "
+                             f"at or below it (got {self.arrival_energy})")
         if self.topk > self.samples:
             raise ValueError(f"topk ({self.topk}) must not exceed samples ({self.samples})")
         if any(lo >= hi for lo, hi in zip(self.workspace_min, self.workspace_max)):

@@ -118,6 +118,7 @@ class ControllerState:
     steps_on_goal: int
     warm_start: Optional[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]
     noise_position: object = None
+    arrived: bool = False  # holding at the final goal (arrival_release_energy's hysteresis)
 
 
 class RecedingHorizonController:
@@ -169,6 +170,7 @@ class RecedingHorizonController:
         self.goal_index = 0
         self.steps_on_goal = 0
         self.warm_start: Optional[SearchState] = None
+        self.arrived = False  # the last step held at the final goal
 
     def export_state(self) -> ControllerState:
         """Where this controller stands, on the host (one small device-to-host copy; not for hot loops)."""
@@ -179,7 +181,7 @@ class RecedingHorizonController:
                            None if warm.elites is None else warm.elites.float().cpu().numpy())
         noise = noise_position(self.optimizer.noise_source(self.device))
         return ControllerState(self.goal_index, self.steps_on_goal, warm_arrays,
-                               noise.clone() if isinstance(noise, torch.Tensor) else noise)
+                               noise.clone() if isinstance(noise, torch.Tensor) else noise, self.arrived)
 
     def import_state(self, state: ControllerState) -> None:
         """Continue from ``state`` (from ``export_state`` of a controller with the same config and goals)."""
@@ -191,6 +193,7 @@ class RecedingHorizonController:
                                  for a in state.warm_start)
             warm = SearchState(mean=mean, std=std, elites=elites)
         self.goal_index, self.steps_on_goal, self.warm_start = state.goal_index, state.steps_on_goal, warm
+        self.arrived = state.arrived
         restore_noise_position(self.optimizer.noise_source(self.device), state.noise_position)
 
     def step(self, latent: torch.Tensor, state: torch.Tensor, should_stop: ShouldStop = None,
@@ -266,6 +269,7 @@ class RecedingHorizonController:
             limited = actions[0], targets[0]
         self.goal_index = prepared.goal_index
         self.steps_on_goal = prepared.steps_on_goal + 1
+        self.arrived = prepared.hold
         if plan is None:  # hold: stay where we are; the next step plans afresh if the arm drifts off the goal
             self.warm_start = None
             return ControlStep(*limited, torch.zeros(self.config.horizon, 7), prepared.goal_energy,
@@ -284,8 +288,11 @@ class RecedingHorizonController:
         )
 
     def _arrived(self, goal_index: int, goal_energy: float) -> bool:
-        """On the final goal and observed within `arrival_energy` of it: nothing left to plan."""
+        """On the final goal and observed within `arrival_energy` of it (within `arrival_release_energy`
+        while already holding there): nothing left to plan."""
         threshold = self.config.arrival_energy
+        if self.arrived and self.config.arrival_release_energy is not None:
+            threshold = self.config.arrival_release_energy
         return threshold is not None and goal_index == len(self.goals) - 1 and goal_energy < threshold
 
     def _schedule_position(self, latent: torch.Tensor) -> tuple[int, int, Optional[SearchState], float]:

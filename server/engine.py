@@ -214,11 +214,11 @@ class _ControllerPlanner:
     def snapshot(self) -> tuple:
         # The warm start is an immutable SearchState (a step replaces it), so holding it is enough.
         controller = self.controller
-        return controller.goal_index, controller.steps_on_goal, controller.warm_start
+        return controller.goal_index, controller.steps_on_goal, controller.warm_start, controller.arrived
 
     def restore(self, snapshot: tuple) -> None:
         controller = self.controller
-        controller.goal_index, controller.steps_on_goal, controller.warm_start = snapshot
+        controller.goal_index, controller.steps_on_goal, controller.warm_start, controller.arrived = snapshot
 
 
 def _plan_step(result) -> PlanStep:

@@ -87,6 +87,37 @@ def test_holds_on_arrival_at_the_final_goal_and_plans_again_when_off_it():
     assert away.action[0] > 0.01 and away.planning_seconds > 0  # off the goal: plans toward it
 
 
+def test_arrival_release_energy_keeps_holding_while_the_held_goal_hovers_about_the_arrival_threshold():
+    from planner.energy import frame_distance
+
+    world = BlobWorld()
+    goal, near, far = (0.55, 0.05, 0.3), (0.555, 0.05, 0.3), (0.5, 0.0, 0.3)
+    near_energy = float(frame_distance(blob(world, near), blob(world, goal)))
+    far_energy = float(frame_distance(blob(world, far), blob(world, goal)))
+    assert 0 < near_energy < far_energy / 4
+
+    def controller(release):
+        config = PlannerConfig(**FAST, arrival_energy=near_energy / 2, arrival_release_energy=release)
+        return RecedingHorizonController(world, config, blob(world, goal))
+
+    sticky, plain = controller(2 * near_energy), controller(None)
+    for each in (sticky, plain):
+        assert each.step(blob(world, goal), pose(goal)).planning_seconds == 0.0  # arrived: hold
+    assert sticky.step(blob(world, near), pose(near)).planning_seconds == 0.0  # still held
+    assert plain.step(blob(world, near), pose(near)).planning_seconds > 0      # plans again at once
+    # The hold survives a move to another copy of the model (a replica), and lets go when far off the goal.
+    moved = controller(2 * near_energy)
+    moved.import_state(sticky.export_state())
+    assert moved.step(blob(world, near), pose(near)).planning_seconds == 0.0
+    assert moved.step(blob(world, far), pose(far)).planning_seconds > 0
+    # Not holding any more: near the goal is not arrived (only within arrival_energy is).
+    assert moved.step(blob(world, near), pose(near)).planning_seconds > 0
+    with pytest.raises(ValidationError, match="arrival_release_energy"):
+        PlannerConfig(arrival_energy=0.1, arrival_release_energy=0.05)
+    with pytest.raises(ValidationError, match="arrival_release_energy"):
+        PlannerConfig(arrival_release_energy=0.05)
+
+
 def test_arrival_does_not_apply_to_intermediate_sub_goals():
     world = BlobWorld()
     first, second = (0.55, 0.0, 0.3), (0.45, 0.0, 0.3)

@@ -142,12 +142,18 @@ def test_robosuite_lift_defaults_to_the_embedded_model_that_imagines_grasps():
 def test_lift_plans_with_the_official_search_at_horizon_2_unless_told():
     import argparse
 
+    from planner.config import PlannerConfig
+
     parser = argparse.ArgumentParser()
     eval_command.add_arguments(parser)
     lift = eval_command.planner_settings(parser.parse_args(["--env", "robosuite", "--task", "lift"]))
     assert (lift["samples"], lift["iterations"], lift["horizon"]) == (400, 10, 2)
+    # Lift holds at the lifted goal, with hysteresis; the service accepts those settings.
+    assert lift["arrival_release_energy"] > lift["arrival_energy"] > 0
+    PlannerConfig(**lift)
     reach = eval_command.planner_settings(parser.parse_args(["--env", "robosuite", "--task", "reach"]))
     assert (reach["samples"], reach["iterations"], reach["horizon"]) == (128, 4, 1)
+    assert reach["arrival_energy"] is None and reach["arrival_release_energy"] is None
     told = eval_command.planner_settings(parser.parse_args(["--task", "lift", "--samples", "64", "--iterations", "2"]))
     assert (told["samples"], told["iterations"], told["horizon"]) == (64, 2, 2)
 

@@ -140,7 +140,7 @@ def control_rate(service: ServiceClient, arm, planner: dict) -> float:
     goal_id = service.upload_goal(observation.image, "eval warm-up")
     # The goal is the current image, so arrival would hold without planning: time real plans.
     session = service.create_session({"robot_id": "eval-warm-up", "goal_id": goal_id,
-                                      "planner": {**planner, "arrival_energy": None}})
+                                      "planner": {**planner, "arrival_energy": None, "arrival_release_energy": None}})
     try:
         times = [service.act_seconds(session["id"], observation.image, observation.state, seq) for seq in range(4)]
     finally:
