@@ -48,18 +48,7 @@ def record_scene(arm) -> dict[str, np.ndarray]:
     for pose in stages[LIFT_CLOSING_STAGE:LIFT_CLOSING_STAGE + 2]:
         arm.drive_to(pose, RS_DRIVE_PERIODS)
     scene["goal_image"] = arm.render()
-    for branch, gripper in BRANCHES.items():
-        arm.restore_state(saved)
-        first = at_cube.state.copy()
-        first[6] = gripper
-        arm.move_to(first)
-        after_first = arm.state()
-        second = first.copy()
-        second[2] += LIFT_RAISED_M
-        arm.move_to(second)
-        scene[f"{branch}_states"] = np.stack([after_first, arm.state()])
-        scene[f"{branch}_image"] = arm.render()
-        scene[f"{branch}_cube_rise"] = np.float64(arm.object_position()[2] - cube_there)
+    scene.update(record_branches(arm, saved, at_cube.state, cube_there, rise=LIFT_RAISED_M))
     arm.restore_state(saved)
     scene.update(record_hold(arm, stages))
     return scene
@@ -73,19 +62,28 @@ def record_hold(arm, stages: list[np.ndarray]) -> dict[str, np.ndarray]:
     held = arm.observe()
     cube_there = arm.object_position()[2]
     saved = arm.save_state()
-    scene = {"start_image": held.image, "start_state": held.state, "goal_image": held.image}
+    scene = {"start_image": held.image, "start_state": held.state, "goal_image": held.image,
+             **record_branches(arm, saved, held.state, cube_there, rise=0.0)}
+    return {HOLD_PREFIX + key: value for key, value in scene.items()}
+
+
+def record_branches(arm, saved: np.ndarray, start: np.ndarray, cube_there: float, rise: float) -> dict[str, np.ndarray]:
+    """Per branch, from `saved`: one period towards `start` with the branch's gripper target, one more
+    raised by `rise`; the states after each, the last image and how far the cube rose."""
+    scene = {}
     for branch, gripper in BRANCHES.items():
         arm.restore_state(saved)
-        target = held.state.copy()
-        target[6] = gripper
-        states = []
-        for _ in range(2):
-            arm.move_to(target)
-            states.append(arm.state())
-        scene[f"{branch}_states"] = np.stack(states)
+        first = start.copy()
+        first[6] = gripper
+        arm.move_to(first)
+        after_first = arm.state()
+        second = first.copy()
+        second[2] += rise
+        arm.move_to(second)
+        scene[f"{branch}_states"] = np.stack([after_first, arm.state()])
         scene[f"{branch}_image"] = arm.render()
         scene[f"{branch}_cube_rise"] = np.float64(arm.object_position()[2] - cube_there)
-    return {HOLD_PREFIX + key: value for key, value in scene.items()}
+    return scene
 
 
 def run(args: argparse.Namespace) -> int:
