@@ -426,7 +426,8 @@ class EpisodeReader:
     """Reads a LeRobot v3.0 dataset: ours, or any with a camera and an end-effector state.
 
     `camera_key` picks the camera (default: observation.image, or the only one) and
-    `action_meaning` says what a foreign dataset's action column means (see lerobot_mapping.py);
+    `action_meaning` says what a foreign dataset's action column means (see lerobot_mapping.py; on our own
+    recordings commanded-delta reads `action.commanded`, achieved the default `action`);
     states() and actions() then speak our pose convention whatever the dataset calls its columns.
     """
 
@@ -440,7 +441,10 @@ class EpisodeReader:
         if version != CODEBASE_VERSION:
             raise ValueError(f"{self.root} is LeRobot format {version}; only {CODEBASE_VERSION} is read "
                              "(LeRobot converts older datasets with its v30 conversion script)")
-        self.mapping: FeatureMapping = resolve(self.info, camera_key, action_meaning)
+        # Our recordings (and our conversions) keep what was asked beside the achieved `action`.
+        commanded = action_meaning == "commanded-delta" and COMMANDED_ACTION in self.info.get("features", {})
+        self.mapping: FeatureMapping = resolve(self.info, camera_key, action_meaning,
+                                               action_key=COMMANDED_ACTION if commanded else "action")
         self.camera_key = self.mapping.camera_key
         self.fps = float(self.info["fps"])
         self.image_shape = tuple(self.info["features"][self.camera_key]["shape"])

@@ -198,3 +198,21 @@ def test_sim_episode_actions_are_the_achieved_motion(tmp_path):
     # The label is what happened, not what was asked: it differs from the command by the tracking error.
     assert not np.allclose(actions, reader.column(COMMANDED_ACTION, 0)[:-1], atol=1e-6)
     np.testing.assert_allclose(actions[:, :3], np.tile(commanded[:3], (3, 1)), atol=0.01)
+
+
+def test_commanded_delta_reads_our_commanded_column(tmp_path):
+    # Our recordings keep the achieved motion in `action` and the request in `action.commanded`: asking for
+    # commanded-delta labels must read the request (a lagging gripper moves 0.01 in the period it was told to open).
+    features = {COMMANDED_ACTION: POSE_NAMES}
+    asked = np.array([[0.05, 0.0, 0.0, 0.0, 0.0, 0.0, -0.5], [0.0, 0.02, 0.0, 0.0, 0.0, 0.0, 0.0], np.zeros(7)])
+    states = np.array([[0.5, 0.0, 0.1, 0, 0, 0, 0.5], [0.54, 0.0, 0.1, 0, 0, 0, 0.49], [0.54, 0.02, 0.1, 0, 0, 0, 0.2]])
+    image = np.zeros(SHAPE, np.uint8)
+    with EpisodeWriter(tmp_path / "lag", fps=4, image_shape=SHAPE, optional_features=features) as writer:
+        writer.start_episode("open")
+        for state, command in zip(states, asked):
+            writer.add_frame(image, state.astype(np.float32), extras={COMMANDED_ACTION: command})
+        writer.end_episode()
+    np.testing.assert_allclose(EpisodeReader(tmp_path / "lag", action_meaning="commanded-delta").actions(0),
+                               asked[:-1], atol=1e-6)
+    achieved = EpisodeReader(tmp_path / "lag").actions(0)
+    np.testing.assert_allclose(achieved[0, 6], -0.01, atol=1e-5)
