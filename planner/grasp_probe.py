@@ -40,9 +40,15 @@ REQUIRED_KEYS = ("start_image", "start_state", "goal_image",
 HOLD_PREFIX = "hold_"  # grasp-scenes' keys for the scenes at the lifted goal (files from before them lack these)
 
 
-def scene_gaps(model, scenes: dict[str, np.ndarray], prefix: str = "") -> list[dict[str, float]]:
+ACTION_MEANINGS = ("achieved", "commanded-delta")  # the labels a model was trained on (`train --action-meaning`)
+
+
+def scene_gaps(model, scenes: dict[str, np.ndarray], prefix: str = "",
+               action_meaning: str = "achieved") -> list[dict[str, float]]:
     """Per scene: real and imagined final-frame energies of both branches against the goal
-    (`prefix` picks the scenes: "" at the cube, HOLD_PREFIX at the lifted goal)."""
+    (`prefix` picks the scenes: "" at the cube, HOLD_PREFIX at the lifted goal). The imagined
+    frames are conditioned on the actions in the model's own labels: the achieved pose changes,
+    or the ones each period asked for (robosuite's gripper lags its command by a period)."""
     scenes = {key[len(prefix):]: value for key, value in scenes.items() if key.startswith(prefix)}
     rows = []
     for index in range(len(scenes["start_image"])):
@@ -54,7 +60,10 @@ def scene_gaps(model, scenes: dict[str, np.ndarray], prefix: str = "") -> list[d
         for branch in BRANCHES:
             states = torch.as_tensor(scenes[f"{branch}_states"][index], dtype=torch.float32)
             path = torch.stack([start_state, states[0], states[1]])
-            actions = pose_difference(path[:-1], path[1:])
+            if action_meaning == "commanded-delta":
+                actions = torch.as_tensor(scenes[f"{branch}_commanded"][index], dtype=torch.float32)
+            else:
+                actions = pose_difference(path[:-1], path[1:])
             imagined = model.rollout(start_latent, actions[None], path[None, :-1])[0, -1]
             row[f"imagined_{branch}"] = float(frame_distance(imagined, goal))
             row[f"real_{branch}"] = float(frame_distance(real[branch], goal))
@@ -110,6 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype, as `serve --dtype` (default %(default)s)")
+    parser.add_argument("--action-meaning", choices=ACTION_MEANINGS, default="achieved",
+                        help="the action labels the model was trained on, as `train --action-meaning` "
+                             "(default %(default)s)")
     parser.add_argument("--plan", metavar="SAMPLESxITERATIONS", default=None,
                         help="also plan once from each scene as the lift evaluation does (horizon 2), e.g. 400x10")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
@@ -125,22 +137,25 @@ def run(args: argparse.Namespace) -> int:
         missing = set(REQUIRED_KEYS) - set(scenes)
         if missing:
             raise ValueError(f"not a grasp-scenes file: it lacks {', '.join(sorted(missing))}")
+        if args.action_meaning == "commanded-delta" and f"{BRANCHES[0]}_commanded" not in scenes:
+            raise ValueError("this grasp-scenes file has no commanded actions (recorded before them): "
+                             "record it again for --action-meaning commanded-delta")
         model = load_world_model(args.model, device=args.device, dtype=args.dtype)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         print(f"jepa-planner probe-grasp: {error}", file=sys.stderr)
         return 2
-    rows = scene_gaps(model, scenes)
+    rows = scene_gaps(model, scenes, action_meaning=args.action_meaning)
     for index, row in enumerate(rows):
         print(f"scene {index}: real closed {row['real_closed']:.3f} open {row['real_open']:.3f} | "
               f"imagined closed {row['imagined_closed']:.3f} open {row['imagined_open']:.3f}")
-    summary = {"model": args.model, "dtype": args.dtype, **summarize(rows)}
+    summary = {"model": args.model, "dtype": args.dtype, "action_meaning": args.action_meaning, **summarize(rows)}
     print(f"open-minus-closed energy gap against the raised sub-goal: real {summary['real_gap']:.3f}, "
           f"imagined {summary['imagined_gap']:.3f} ({100 * summary['imagined_over_real']:.0f}% of real)")
     for branch in BRANCHES:
         print(f"imagined '{branch}' branch: {summary[f'imagined_{branch}_to_real_closed']:.3f} from the real carried "
               f"frame, {summary[f'imagined_{branch}_to_real_open']:.3f} from the real left-behind one")
     if all(HOLD_PREFIX + key in scenes for key in REQUIRED_KEYS):
-        hold = summarize(scene_gaps(model, scenes, HOLD_PREFIX))
+        hold = summarize(scene_gaps(model, scenes, HOLD_PREFIX, args.action_meaning))
         summary["hold"] = {key: hold[key] for key in ("real_gap", "imagined_gap", "imagined_over_real")}
         print(f"open-minus-closed energy gap holding the cube at the lifted goal: real {hold['real_gap']:.3f}, "
               f"imagined {hold['imagined_gap']:.3f} ({100 * hold['imagined_over_real']:.0f}% of real)")

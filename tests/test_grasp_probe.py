@@ -106,3 +106,31 @@ def _tiny():
     from world_model import load_world_model
 
     return load_world_model("tiny", device="cpu")
+
+
+def test_a_commanded_delta_model_imagines_from_the_commanded_actions_a_file_records(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    grasp_probe.add_arguments(parser)
+    older = scenes_file(tmp_path / "older.npz")
+    arguments = ["--model", "tiny", "--device", "cpu", "--action-meaning", "commanded-delta", "--json"]
+    assert grasp_probe.run(parser.parse_args(["--scenes", str(older), *arguments])) == 2
+    assert "no commanded actions" in capsys.readouterr().err
+    with np.load(older) as data:
+        scenes = {key: data[key] for key in data.files}
+    # Closed: asked for exactly what happened. Open: told to open (-0.5) while the gripper had not moved yet.
+    closed = np.stack([np.concatenate([scenes["start_state"][:, None], scenes["closed_states"][:, :1]], 1),
+                       scenes["closed_states"]], 2)          # (S, 2 periods, before/after, 7)
+    commanded_closed = closed[:, :, 1] - closed[:, :, 0]   # no rotation in these poses: a plain difference
+    commanded_open = np.zeros((2, 2, 7))
+    commanded_open[:, 0, 6] = -0.5
+    commanded_open[:, 1, :3] = 0.05   # and asked to move on, which it then did not do either
+    newer = tmp_path / "newer.npz"
+    np.savez(newer, **scenes, closed_commanded=commanded_closed, open_commanded=commanded_open)
+    summaries = {}
+    for meaning in grasp_probe.ACTION_MEANINGS:
+        assert grasp_probe.run(parser.parse_args(["--scenes", str(newer), "--model", "tiny", "--device", "cpu",
+                                                  "--action-meaning", meaning, "--json"])) == 0
+        summaries[meaning] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summaries["commanded-delta"]["action_meaning"] == "commanded-delta"
+    assert summaries["commanded-delta"]["imagined_closed_to_real_open"] == pytest.approx(summaries["achieved"]["imagined_closed_to_real_open"], abs=1e-6)
+    assert summaries["commanded-delta"]["imagined_open_to_real_open"] != pytest.approx(summaries["achieved"]["imagined_open_to_real_open"], abs=1e-5)

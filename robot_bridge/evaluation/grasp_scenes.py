@@ -10,8 +10,10 @@ energies of those real outcomes against the ones it imagines for the same action
 
 Torch-free; runs in robosuite's environment (re-runs itself there, as `eval --env robosuite` does).
 Writes one .npz: `start_image`, `start_state`, `goal_image`, and per branch (`closed`, `open`) the
-states after each period (`{branch}_states`, (S, 2, 7)), the image after the second (`{branch}_image`) and
-how far the cube rose over those two periods (`{branch}_cube_rise`, metres).
+states after each period (`{branch}_states`, (S, 2, 7)), the pose changes each period asked for
+(`{branch}_commanded`, (S, 2, 7): the labels of a model trained with `--action-meaning commanded-delta`),
+the image after the second (`{branch}_image`) and how far the cube rose over those two periods
+(`{branch}_cube_rise`, metres).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from robot_bridge import robosuite_env
+from robot_bridge.poses import pose_difference
 from robot_bridge.evaluation.tasks import LIFT_CLOSING_STAGE, LIFT_RAISED_M, RS_DRIVE_PERIODS, lift_stages
 
 BRANCHES = {"closed": 1.0, "open": 0.0}  # the gripper target of the first period
@@ -81,6 +84,7 @@ def record_branches(arm, saved: np.ndarray, start: np.ndarray, cube_there: float
         second[2] += rise
         arm.move_to(second)
         scene[f"{branch}_states"] = np.stack([after_first, arm.state()])
+        scene[f"{branch}_commanded"] = np.stack([pose_difference(start, first), pose_difference(after_first, second)])
         scene[f"{branch}_image"] = arm.render()
         scene[f"{branch}_cube_rise"] = np.float64(arm.object_position()[2] - cube_there)
     return scene

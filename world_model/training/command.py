@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model,
         "data": {"paths": [str(Path(folder).resolve()) for folder in args.data], "episodes": dataset.episode_count,
                  "frames": len(dataset.frames), "fingerprint": fingerprint(dataset),
+                 "action_meaning": args.action_meaning or "achieved",
                  "validation_episodes": validation_set.episode_count,
                  "collections": [collection_record(folder) for folder in args.data]},
         "latent_cache": cache_record,
