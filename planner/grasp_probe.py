@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from planner.energy import frame_distance
-from planner.pose import pose_difference
+from planner.pose import chain_poses, pose_difference
 
 BRANCHES = ("closed", "open")
 REQUIRED_KEYS = ("start_image", "start_state", "goal_image",
@@ -64,7 +64,8 @@ def scene_gaps(model, scenes: dict[str, np.ndarray], prefix: str = "",
                 actions = torch.as_tensor(scenes[f"{branch}_commanded"][index], dtype=torch.float32)
             else:
                 actions = pose_difference(path[:-1], path[1:])
-            imagined = model.rollout(start_latent, actions[None], path[None, :-1])[0, -1]
+            # The states the planner would feed: its own chained poses (the real ones for achieved labels).
+            imagined = model.rollout(start_latent, actions[None], chain_poses(start_state, actions)[None, :-1])[0, -1]
             row[f"imagined_{branch}"] = float(frame_distance(imagined, goal))
             row[f"real_{branch}"] = float(frame_distance(real[branch], goal))
             for outcome in BRANCHES:

@@ -134,3 +134,16 @@ def test_a_commanded_delta_model_imagines_from_the_commanded_actions_a_file_reco
     assert summaries["commanded-delta"]["action_meaning"] == "commanded-delta"
     assert summaries["commanded-delta"]["imagined_closed_to_real_open"] == pytest.approx(summaries["achieved"]["imagined_closed_to_real_open"], abs=1e-6)
     assert summaries["commanded-delta"]["imagined_open_to_real_open"] != pytest.approx(summaries["achieved"]["imagined_open_to_real_open"], abs=1e-5)
+    # The states it imagines from are the planner's own chained poses (the real ones for achieved labels):
+    # the states the scene recorded after a lagging command do not leak in.
+    model, seen = _tiny(), []
+    rollout = model.rollout
+    model.rollout = lambda context, actions, states: seen.append(states) or rollout(context, actions, states)
+    asked = commanded_open.copy()
+    asked[:, 0, :3] = 0.03   # asked to move at once; the recorded states never moved
+    grasp_probe.scene_gaps(model, {**scenes, "closed_commanded": commanded_closed, "open_commanded": asked},
+                           action_meaning="commanded-delta")
+    expected = scenes["start_state"][0] + asked[0, 0]   # no rotation: composing is adding
+    expected[6] = 0.0                                    # (the gripper stays within 0 .. 1)
+    np.testing.assert_allclose(seen[1][0, 1].numpy(), expected, atol=1e-6)
+    assert not np.allclose(seen[1][0, 1].numpy(), scenes["open_states"][0, 0], atol=1e-3)
