@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--success-radius", type=float, default=None,
                         help="metres (default 0.05 for reach, 0.03 for push; lift is judged by robosuite's own check)")
     parser.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: the arm's, 4 Hz)")
+    parser.add_argument("--loop", choices=("paced", "blocking"), default="paced",
+                        help="paced: streaming, slowed to 2x the plan time measured up front; blocking: the paper's "
+                             "loop, each plan answers the observation just before it (wall time ~ plan time per "
+                             "step, however busy the machine gets after the warm-up) (default %(default)s)")
     parser.add_argument("--samples", type=int, default=None,
                         help=f"CEM samples per iteration (default {DEMO_PLANNER['samples']}, {PUSH_SAMPLES} for push, "
                              f"{LIFT_SAMPLES} for lift)")
@@ -144,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
     label = "random-init" if args.random_init else (args.model if args.http is None else args.http)
     plan = EvalPlan(env=args.env, task=args.task, episodes=args.episodes, seed=args.seed, steps=steps, radius=radius,
-                    planner=planner, first_episode=args.first_episode, rate=args.rate, out=args.out, label=label)
+                    planner=planner, first_episode=args.first_episode, rate=args.rate, blocking=args.loop == "blocking",
+                    out=args.out, label=label)
     print(f"eval: {plan.episodes} {plan.env} {plan.task} episodes, model {label}, planner {planner}, seed {plan.seed}",
           flush=True)
     return _run(plan, args)

@@ -94,6 +94,17 @@ def test_a_rate_slower_than_the_bridge_allows_runs_the_blocking_loop_instead_of_
     assert json.loads(output.strip().splitlines()[-1])["episodes"] == 1
 
 
+def test_loop_blocking_skips_the_pacing_warm_up_and_runs_the_papers_loop(tmp_path, capsys):
+    """A rate measured once up front outlives a machine that gets busier or quieter; the blocking loop
+    measures nothing and waits for each plan (how long evaluations ran beside a training run)."""
+    argv = ["demo", "--episodes", "1", "--steps", "2", "--random-init", "--model", "tiny", "--samples", "16",
+            "--iterations", "1", "--seed", "4", "--loop", "blocking", "--out", str(tmp_path / "demo"), "--json"]
+    assert cli.main(argv) == 0
+    output = capsys.readouterr().out
+    assert "blocking loop at 4.00 Hz" in output and "control rate" not in output
+    assert json.loads(output.strip().splitlines()[-1])["episodes"] == 1
+
+
 def test_an_evaluation_split_into_shards_runs_the_same_episodes_and_merges_into_one_summary(tmp_path, capsys):
     common = ["demo", "--steps", "1", "--random-init", "--model", "tiny", "--samples", "16", "--iterations", "1",
               "--seed", "4", "--json"]
