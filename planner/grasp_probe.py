@@ -58,12 +58,11 @@ def scene_gaps(model, scenes: dict[str, np.ndarray], prefix: str = "",
         row: dict[str, float] = {}
         real = {branch: model.encode(scenes[f"{branch}_image"][index])[0] for branch in BRANCHES}
         for branch in BRANCHES:
-            states = torch.as_tensor(scenes[f"{branch}_states"][index], dtype=torch.float32)
-            path = torch.stack([start_state, states[0], states[1]])
             if action_meaning == "commanded-delta":
                 actions = torch.as_tensor(scenes[f"{branch}_commanded"][index], dtype=torch.float32)
             else:
-                actions = pose_difference(path[:-1], path[1:])
+                states = torch.as_tensor(scenes[f"{branch}_states"][index], dtype=torch.float32)
+                actions = pose_difference(torch.cat([start_state[None], states[:-1]]), states)
             # The states the planner would feed: its own chained poses (the real ones for achieved labels).
             imagined = model.rollout(start_latent, actions[None], chain_poses(start_state, actions)[None, :-1])[0, -1]
             row[f"imagined_{branch}"] = float(frame_distance(imagined, goal))

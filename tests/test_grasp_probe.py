@@ -118,9 +118,8 @@ def test_a_commanded_delta_model_imagines_from_the_commanded_actions_a_file_reco
     with np.load(older) as data:
         scenes = {key: data[key] for key in data.files}
     # Closed: asked for exactly what happened. Open: told to open (-0.5) while the gripper had not moved yet.
-    closed = np.stack([np.concatenate([scenes["start_state"][:, None], scenes["closed_states"][:, :1]], 1),
-                       scenes["closed_states"]], 2)          # (S, 2 periods, before/after, 7)
-    commanded_closed = closed[:, :, 1] - closed[:, :, 0]   # no rotation in these poses: a plain difference
+    # (no rotation in these poses: the pose change is a plain difference)
+    commanded_closed = np.diff(np.concatenate([scenes["start_state"][:, None], scenes["closed_states"]], 1), axis=1)
     commanded_open = np.zeros((2, 2, 7))
     commanded_open[:, 0, 6] = -0.5
     commanded_open[:, 1, :3] = 0.05   # and asked to move on, which it then did not do either
