@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="executed plans per episode (default 30 for reach, 80 for push, 60 for lift)")
     parser.add_argument("--success-radius", type=float, default=None,
                         help="metres (default 0.05 for reach, 0.03 for push; lift is judged by robosuite's own check)")
+    parser.add_argument("--until-success", action=argparse.BooleanOptionalAction, default=None,
+                        help="end each episode at its first success, as robomimic's and LIBERO's rollouts of robosuite "
+                             "tasks do; --no-until-success runs every step and judges the end (default: on for lift, "
+                             "off otherwise)")
     parser.add_argument("--rate", type=float, default=None, help="control rate in Hz (default: the arm's, 4 Hz)")
     parser.add_argument("--loop", choices=("paced", "blocking"), default="paced",
                         help="paced: streaming, slowed to 2x the plan time measured up front; blocking: the paper's "
@@ -120,6 +124,12 @@ def planner_settings(args: argparse.Namespace) -> dict:
             "horizon": args.horizon or (LIFT_HORIZON if lift else DEMO_PLANNER["horizon"])}
 
 
+def ends_at_first_success(args: argparse.Namespace) -> bool:
+    """Whether episodes end at their first success: as told, else for lift only, judged by robosuite's
+    check as robomimic's rollouts judge it (reach and push keep their end-of-episode reading)."""
+    return args.task == "lift" if args.until_success is None else args.until_success
+
+
 def _usage(message: str) -> int:
     print(f"jepa-planner eval: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -149,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     label = "random-init" if args.random_init else (args.model if args.http is None else args.http)
     plan = EvalPlan(env=args.env, task=args.task, episodes=args.episodes, seed=args.seed, steps=steps, radius=radius,
                     planner=planner, first_episode=args.first_episode, rate=args.rate, blocking=args.loop == "blocking",
+                    until_success=ends_at_first_success(args),
                     out=args.out, label=label)
     print(f"eval: {plan.episodes} {plan.env} {plan.task} episodes, model {label}, planner {planner}, seed {plan.seed}",
           flush=True)
@@ -199,8 +210,10 @@ def _report(plan, results, as_json: bool) -> None:
     write_summary(plan, results, summary)
     task_check = (f", robosuite's own check {100 * summary['task_success_rate']:.0f}%"
                   if "task_success_rate" in summary else "")
+    judged = ("at their first success (episodes end there)" if plan.until_success
+              else f"at the end ({summary['succeeded_at_some_step']} at some step)")
     print(f"{plan.label}: {summary['successes']}/{summary['episodes']} ({100 * summary['success_rate']:.0f}%) "
-          f"at the end ({summary['reached_at_any_step']} within {100 * plan.radius:.0f} cm at some step){task_check}, "
+          f"{judged} ({summary['reached_at_any_step']} within {100 * plan.radius:.0f} cm at some step){task_check}, "
           f"mean final distance {100 * summary['mean_final_distance_m']:.1f} cm, "
           f"mean plan {summary['mean_plan_s'] or float('nan'):.3f} s per action "
           f"({plan.planner['samples']} samples x {plan.planner['iterations']} iterations, "

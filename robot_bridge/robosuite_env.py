@@ -35,7 +35,9 @@ def as_argv(args: argparse.Namespace, add_arguments: Callable[[argparse.Argument
         if not action.option_strings or value is None or value == action.default:
             continue
         flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, argparse.BooleanOptionalAction):  # --flag / --no-flag
+            argv.append(action.option_strings[0] if value else action.option_strings[1])
+        elif isinstance(action, argparse._StoreTrueAction):
             argv.append(flag)
         elif isinstance(value, (list, tuple)):
             argv += [flag, *map(str, value)]

@@ -192,3 +192,33 @@ def test_an_evaluation_killed_part_way_keeps_the_episodes_it_finished_as_a_merge
     assert 1 <= kept["episodes"] < 50 and kept["episode_indices"] == list(range(kept["episodes"]))
     assert cli.main(["eval", "--merge", str(out), "--out", str(tmp_path / "merged"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == kept["episodes"]
+
+
+@pytest.mark.parametrize("until_success", [True, False])
+def test_until_success_ends_an_episode_at_its_first_success_and_says_so(tmp_path, capsys, until_success):
+    # A 1 m radius: every step is a success, so the first one is.
+    out = tmp_path / "run"
+    argv = ["eval", "--episodes", "1", "--steps", "3", "--random-init", "--model", "tiny", "--samples", "16",
+            "--iterations", "1", "--seed", "4", "--success-radius", "1.0", "--out", str(out), "--json",
+            "--until-success" if until_success else "--no-until-success"]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["until_success"] is until_success and summary["succeeded_at_some_step"] == 1
+    detail = json.loads((out / "summary.json").read_text())["episodes_detail"][0]
+    assert detail["first_success_step"] == 1
+    assert detail["moves"] == (1 if until_success else 3)
+
+
+def test_until_success_is_on_for_lift_only_and_survives_the_rerun_in_robosuites_environment():
+    import argparse
+
+    from robot_bridge import robosuite_env
+
+    parser = argparse.ArgumentParser()
+    eval_command.add_arguments(parser)
+    for argv in (["--task", "lift", "--no-until-success"], ["--task", "reach", "--until-success"], ["--task", "lift"]):
+        args = parser.parse_args(argv)
+        assert parser.parse_args(robosuite_env.as_argv(args, eval_command.add_arguments)) == args
+    ends = [eval_command.ends_at_first_success(parser.parse_args(["--env", "robosuite", "--task", task]))
+            for task in ("reach", "push", "lift")]
+    assert ends == [False, False, True]

@@ -39,6 +39,8 @@ class EpisodeResult:
     moves: int
     task_success: bool | None = None  # the simulator's own check (robosuite), where it has one
     goals_reached: int | None = None  # index of the (sub-)goal pursued when the episode ended
+    # The first executed plan after which the task judged the episode a success (lift: robosuite's own check).
+    first_success_step: int | None = None
     plan_s: list[float] = field(default_factory=list)
     energies: list[float] = field(default_factory=list)
     distances_m: list[float] = field(default_factory=list)
@@ -64,6 +66,9 @@ class EvalPlan:
     # The paper's loop (ArmClient blocking mode): hold, send one observation, wait for its plan, execute
     # it for one period, repeat. Every plan is fresh however slow it is, with no pacing to measure first.
     blocking: bool = False
+    # End an episode at its first success, as robomimic's and LIBERO's rollouts of robosuite tasks do;
+    # otherwise it runs all its steps and is judged at the end (still holding the lifted cube, say).
+    until_success: bool = False
     out: Path = Path("demo-out")
     label: str = "demo"
 
@@ -104,7 +109,7 @@ def run_episodes(plan: EvalPlan, service: ServiceClient, bridge_endpoint: str, a
                         "subgoal_energy_threshold": SUBGOAL_ENERGY}
         session = service.create_session({"robot_id": robot_id, "goal_ids": goal_ids,
                                           "planner": {**plan.planner, "seed": index}, **schedule})
-        recorder = _Recorder(episode, index, plan.steps)
+        recorder = _Recorder(episode, index, plan.steps, plan.radius, plan.until_success)
         # Raw frames: JPEG would change the 64 px pixels the model was trained on.
         client = ArmClient(arm, bridge_endpoint, robot_id, rate, limits, image_format="raw", subscribers=[recorder],
                            blocking=plan.blocking)
@@ -150,12 +155,16 @@ def control_rate(service: ServiceClient, arm, planner: dict) -> float:
 
 
 class _Recorder(Subscriber):
-    """Arm-client subscriber: frames, distances, energies and plan times; stops after `steps` fresh plans."""
+    """Arm-client subscriber: frames, distances, energies and plan times; stops after `steps` fresh plans,
+    or at the first success when `until_success`."""
 
-    def __init__(self, episode: Episode, index: int, steps: int):
+    def __init__(self, episode: Episode, index: int, steps: int, radius: float, until_success: bool = False):
         self.episode = episode
         self.index = index
         self.steps = steps
+        self.radius = radius
+        self.until_success = until_success
+        self.first_success_step: int | None = None
         self.frames = [episode.start_image]
         self.start_distance = episode.distance()
         self.distances: list[float] = []
@@ -177,7 +186,10 @@ class _Recorder(Subscriber):
         self.distances.append(self.episode.distance())
         self.grippers.append(float(self.episode.arm.state()[6]))
         self.frames.append(self.episode.arm.render())
-        if len(self.distances) >= self.steps and self.client is not None:
+        if self.first_success_step is None and self.episode.succeeded(self.radius):
+            self.first_success_step = len(self.distances)
+        done = len(self.distances) >= self.steps or (self.until_success and self.first_success_step is not None)
+        if done and self.client is not None:
             self.client.request_stop()
 
     def result(self, radius: float) -> EpisodeResult:
@@ -186,7 +198,8 @@ class _Recorder(Subscriber):
                              start_distance_m=self.start_distance, final_distance_m=final,
                              min_distance_m=min([self.start_distance, *self.distances]), moves=len(self.distances),
                              task_success=self.episode.task_success(), plan_s=self.plan_s, energies=self.energies,
-                             distances_m=self.distances, grippers=self.grippers)
+                             distances_m=self.distances, grippers=self.grippers,
+                             first_success_step=self.first_success_step)
 
 
 def summarize(plan: EvalPlan, results: list[EpisodeResult]) -> dict:
@@ -204,6 +217,10 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult]) -> dict:
         "success_radius_m": plan.radius,
         # Looser reading ("got there at some step"), reported beside the strict end-of-episode one.
         "reached_at_any_step": sum(r.min_distance_m < plan.radius for r in results),
+        # Judged a success by the task after some step (lift: robosuite's check); the episode ended there
+        # when `until_success`, so then this equals `successes` up to a cube dropped in the last instant.
+        "succeeded_at_some_step": sum(r.first_success_step is not None for r in results),
+        "until_success": plan.until_success,
         "mean_final_distance_m": float(np.mean([r.final_distance_m for r in results])),
         "mean_start_distance_m": float(np.mean([r.start_distance_m for r in results])),
         "mean_plan_s": float(np.mean(plan_times)) if plan_times else None,
@@ -227,12 +244,14 @@ def write_summary(plan: EvalPlan, results: list[EpisodeResult], summary: dict) -
 
 
 # What makes two summaries shards of one evaluation.
-_SAME_EVALUATION = ("env", "task", "model", "seed", "steps", "success_radius_m", "planner")
+_SAME_EVALUATION = ("env", "task", "model", "seed", "steps", "success_radius_m", "planner", "until_success")
 
 
 def merge_summaries(paths: list[Path]) -> tuple[EvalPlan, list[EpisodeResult]]:
     """The plan and episodes of one evaluation from its shards' summary.json files (each episode once)."""
     shards = [json.loads(Path(path).read_text()) for path in paths]
+    for shard in shards:
+        shard.setdefault("until_success", False)  # summaries written before episodes could end at a success
     first = shards[0]
     for path, shard in zip(paths[1:], shards[1:]):
         differing = [key for key in _SAME_EVALUATION if shard.get(key) != first.get(key)]
@@ -245,5 +264,5 @@ def merge_summaries(paths: list[Path]) -> tuple[EvalPlan, list[EpisodeResult]]:
         raise ValueError(f"episodes {repeated} are in more than one shard")
     plan = EvalPlan(env=first["env"], task=first["task"], episodes=len(results), seed=first["seed"],
                     steps=first["steps"], radius=first["success_radius_m"], planner=first["planner"],
-                    label=first["model"])
+                    until_success=first["until_success"], label=first["model"])
     return plan, results
