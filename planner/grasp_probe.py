@@ -33,11 +33,12 @@ import torch
 
 from planner.energy import frame_distance
 from planner.pose import chain_poses, pose_difference
+# The scene file's layout, from its writer (torch-free, imports no simulator).
+from robot_bridge.evaluation.grasp_scenes import BRANCHES as SCENE_BRANCHES, HOLD_PREFIX
 
-BRANCHES = ("closed", "open")
+BRANCHES = tuple(SCENE_BRANCHES)  # ("closed", "open")
 REQUIRED_KEYS = ("start_image", "start_state", "goal_image",
                  *(f"{branch}_{part}" for branch in BRANCHES for part in ("states", "image")))
-HOLD_PREFIX = "hold_"  # grasp-scenes' keys for the scenes at the lifted goal (files from before them lack these)
 
 
 ACTION_MEANINGS = ("achieved", "commanded-delta")  # the labels a model was trained on (`train --action-meaning`)
