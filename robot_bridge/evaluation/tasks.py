@@ -10,7 +10,7 @@ image shows what the camera would see and the episode starts untouched.
 | sim | push | the cube, goal 5-15 cm away | within `radius` (3 cm) at the end |
 | robosuite | reach | end effector, goal 10-25 cm away | within `radius` (5 cm) at the end |
 | robosuite | push | the cube, pushed 5-15 cm by a scripted push | within `radius` (3 cm) of where that push left it |
-| robosuite | lift | the cube | robosuite's own `_check_success()` at the end |
+| robosuite | lift | the cube | robosuite's own `_check_success()`, after every step: the episode ends at the first pass (`--until-success`, robomimic's convention) unless told to run on and be judged at the end |
 """
 from __future__ import annotations
 
