@@ -67,6 +67,10 @@ ARM_SIDE_LIMITS = ProtocolLimits(max_message_bytes=64 * 1024)
 HELLO_RETRY_S = 0.5
 HEARTBEAT_BEFORE_WELCOME_S = 1.0   # until a welcome names the service's interval
 SEND_RETRY_S = 0.02                # retry a hello or heartbeat that could not be queued after this
+# A link re-made and still silent waits twice as long before the next re-make, up to this: a service
+# too starved to echo within the first limit (seen: a niced service on a busy 2-core machine) answers
+# late rather than never, and re-making the link every limit would discard every late reply.
+MAX_SILENCE_LIMIT_S = 30.0
 
 
 class BridgeConnection:
@@ -208,6 +212,8 @@ class _LoopState:
     step: StepRecord | None = None       # what this period commanded last, for the subscribers
     stop: StopMessage | None = None
     counts: collections.Counter = field(default_factory=collections.Counter)
+    silence_backoff: float = 1.0         # x the silence limit: doubles per re-make that hears no echo
+    remade_at: float = -np.inf           # when the link was last re-made
 
 
 class ArmClient:
@@ -386,9 +392,14 @@ class ArmClient:
         """Heartbeat on time, re-make a link whose heartbeats go unanswered, greet until welcomed."""
         state, now = self._state, time.monotonic()
         interval = state.welcome.heartbeat_interval_s if state.welcome is not None else HEARTBEAT_BEFORE_WELCOME_S
-        silence_limit = max(self.reconnect_after_s, 3 * interval)
+        if self.connection.last_echo > state.remade_at:   # heard since the last re-make: the link works
+            state.silence_backoff = 1.0
+        silence_limit = min(max(self.reconnect_after_s, 3 * interval) * state.silence_backoff,
+                            max(MAX_SILENCE_LIMIT_S, self.reconnect_after_s))
         if now - self.connection.last_echo > silence_limit:   # the service echoes heartbeats even before hello
             self.connection.reconnect()
+            state.remade_at = self.connection.last_echo
+            state.silence_backoff *= 2.0
             state.welcome, state.hello_sent_at, state.heartbeat_sent_at = None, -np.inf, -np.inf
             state.counts["reconnects"] += 1
             log.warning("no heartbeat echo from %s for %.1f s; reconnecting", self.connection.endpoint, silence_limit)

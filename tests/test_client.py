@@ -204,3 +204,42 @@ def test_heartbeats_keep_a_slow_loop_linked_without_any_action():
         service.peer.close()
     assert stats.get("reconnects", 0) == 0 and service.hellos == 1
     assert stats["rtt_ms"] >= 0 and arm.moves() == []
+
+
+class LaggingService(ScriptedService):
+    """Answers everything `lag_s` late, as a service starved of CPU does."""
+
+    def __init__(self, lag_s: float):
+        super().__init__()
+        self.lag_s, self.pending = lag_s, []
+
+    def send(self, message) -> None:
+        self.pending.append((time.monotonic() + self.lag_s, self.routing_id, message))
+
+    def pump(self, until, timeout: float = 10.0) -> None:
+        def flushed():
+            now = time.monotonic()
+            for due, routing_id, message in [entry for entry in self.pending if entry[0] <= now]:
+                self.peer.send(routing_id, message)
+            self.pending = [entry for entry in self.pending if entry[0] > now]
+            return until()
+        super().pump(flushed, timeout)
+
+
+def test_a_service_that_answers_late_keeps_one_link_after_a_single_remake():
+    """Echoes 4 s late against the default 3 s silence limit: the link is re-made once, then
+    waits twice as long, hears the late echoes and stays. Before, it was re-made every 3 s and every late
+    reply went to a socket already closed (seen with a niced service on a busy 2-core machine)."""
+    service, arm = LaggingService(lag_s=4.0), PointArm()
+    client = ArmClient(arm, service.peer.endpoint, "arm-1", 5.0, LIMITS)
+    runner = ClientThread(client)
+    try:
+        started = time.monotonic()
+        service.pump(lambda: time.monotonic() - started > 14.0, timeout=20.0)
+        stats = client.stats()
+    finally:
+        runner.finish()
+        client.close()
+        service.peer.close()
+    assert stats.get("reconnects", 0) == 1
+    assert stats["rtt_ms"] >= 3900 and service.hellos >= 1   # the late echoes were heard
