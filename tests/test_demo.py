@@ -222,3 +222,47 @@ def test_until_success_is_on_for_lift_only_and_survives_the_rerun_in_robosuites_
     ends = [eval_command.ends_at_first_success(parser.parse_args(["--env", "robosuite", "--task", task]))
             for task in ("reach", "push", "lift")]
     assert ends == [False, False, True]
+
+
+class _SaggingLift(tasks.Episode):
+    """robosuite's check passes after step 2 only: the cube then sags just below its line."""
+
+    task = "lift"
+
+    def __init__(self):
+        class _Arm:
+            def state(self):
+                return np.zeros(7)
+
+            def render(self):
+                return np.zeros((4, 4, 3), np.uint8)
+
+        self.arm, self.start_image, self.steps = _Arm(), np.zeros((4, 4, 3), np.uint8), 0
+
+    def distance(self) -> float:
+        return 0.1
+
+    def task_success(self) -> bool:
+        return self.steps == 2
+
+    def succeeded(self, radius: float) -> bool:
+        return self.task_success()
+
+
+@pytest.mark.parametrize("until_success", [True, False])
+def test_an_episode_ended_at_its_first_success_is_judged_at_that_step_not_after_it(until_success):
+    from robot_bridge.client import StepRecord
+    from robot_bridge.evaluation.harness import _Recorder
+    from robot_bridge.protocol import ActionMessage
+
+    episode = _SaggingLift()
+    recorder = _Recorder(episode, 0, steps=3, radius=0.05, until_success=until_success)
+    for seq in range(3 if not until_success else 2):
+        episode.steps += 1
+        action = ActionMessage(delta=np.full(7, 0.01), target=np.zeros(7), energy=0.1, seq=seq)
+        recorder.on_step(StepRecord(seq, None, seq, "move", np.zeros(7), action, 0.0))
+    episode.steps += 1   # the arm holds once the loop ends; the cube sags
+    result = recorder.result()
+    assert result.first_success_step == 2
+    # Ended there: a success by the check that passed, as robomimic reads it. Run on: judged at the end.
+    assert (result.success, result.task_success) == ((True, True) if until_success else (False, False))
