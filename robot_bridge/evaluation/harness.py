@@ -222,8 +222,8 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult]) -> dict:
         "success_radius_m": plan.radius,
         # Looser reading ("got there at some step"), reported beside the strict end-of-episode one.
         "reached_at_any_step": sum(r.min_distance_m < plan.radius for r in results),
-        # Judged a success by the task after some step (lift: robosuite's check); the episode ended there
-        # when `until_success`, so then this equals `successes` up to a cube dropped in the last instant.
+        # Judged a success by the task after some step (lift: robosuite's check); with `until_success` the
+        # episode ended there and this equals `successes`.
         "succeeded_at_some_step": sum(r.first_success_step is not None for r in results),
         "until_success": plan.until_success,
         "mean_final_distance_m": float(np.mean([r.final_distance_m for r in results])),
