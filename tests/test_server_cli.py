@@ -133,7 +133,8 @@ def test_sigterm_during_a_long_plan_exits_within_the_grace_with_a_json_503_and_r
         healthy = httpx.get(f"{url}/healthz", timeout=30).status_code
         health_poll_s = time.monotonic() - polled   # reported with the result: how the service answers mid-plan
         time.sleep(0.5)   # well inside the plan
-        assert acting.is_alive() and process.poll() is None, "the act or the service ended before SIGTERM"
+        ended = f"{answer[0].status_code} {answer[0].text[:300]}" if answer else "no answer"
+        assert acting.is_alive() and process.poll() is None, f"the act or the service ended before SIGTERM: {ended}"
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
