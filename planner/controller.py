@@ -102,6 +102,7 @@ class ControlStep:
     goal_energy: float  # observed energy of the current latent against the active goal
     goal_index: int  # which sub-goal this step planned for
     planning_seconds: float
+    held: bool = False  # at the final goal (arrival_energy): nothing was planned, the action only keeps the limits
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,11 @@ class RecedingHorizonController:
         noise = noise_position(self.optimizer.noise_source(self.device))
         return ControllerState(self.goal_index, self.steps_on_goal, warm_arrays,
                                noise.clone() if isinstance(noise, torch.Tensor) else noise, self.arrived)
+
+    def resume(self, goal_index: int, steps_on_goal: int, arrived: bool) -> None:
+        """Continue a session whose controller was lost (the service restarted) from its recorded schedule
+        position; the search starts cold (no warm start, a fresh noise stream)."""
+        self.import_state(ControllerState(goal_index, steps_on_goal, None, None, arrived))
 
     def import_state(self, state: ControllerState) -> None:
         """Continue from ``state`` (from ``export_state`` of a controller with the same config and goals)."""
@@ -273,7 +279,7 @@ class RecedingHorizonController:
         if plan is None:  # hold: stay where we are; the next step plans afresh if the arm drifts off the goal
             self.warm_start = None
             return ControlStep(*limited, torch.zeros(self.config.horizon, 7), prepared.goal_energy,
-                               prepared.goal_energy, prepared.goal_index, 0.0)
+                               prepared.goal_energy, prepared.goal_index, 0.0, held=True)
         # Cold (warm_start=False): never carry the plan over, so every step, single or batched
         # (both read the warm start from ``prepare``), starts from the official initial distribution.
         self.warm_start = plan.state.shifted(self._initial_std) if self.config.warm_start else None

@@ -23,6 +23,7 @@ class PlanStep:
     energy: float
     goal_index: int
     plan_ms: float
+    held: bool = False   # holding at the final goal: nothing was planned
 
 
 class SessionPlanner(Protocol):
@@ -38,6 +39,10 @@ class SessionPlanner(Protocol):
 
     def restore(self, snapshot: Any) -> None:
         """Back to `snapshot`: undoes steps whose plans never reached the robot."""
+
+    def resume(self, goal_index: int, steps_on_goal: int, arrived: bool) -> None:
+        """A fresh planner for a session that already acted (the service restarted): continue its goal
+        schedule from where the recorded steps left it (Storage.schedule_position), with a cold search."""
 
 
 @dataclass(frozen=True)
@@ -220,11 +225,14 @@ class _ControllerPlanner:
         controller = self.controller
         controller.goal_index, controller.steps_on_goal, controller.warm_start, controller.arrived = snapshot
 
+    def resume(self, goal_index: int, steps_on_goal: int, arrived: bool) -> None:
+        self.controller.resume(goal_index, steps_on_goal, arrived)
+
 
 def _plan_step(result) -> PlanStep:
     """planner.controller.ControlStep -> the service's PlanStep (host lists)."""
     return PlanStep(action=result.action.tolist(), target_pose=result.target_pose.tolist(), energy=result.energy,
-                    goal_index=result.goal_index, plan_ms=result.planning_seconds * 1000.0)
+                    goal_index=result.goal_index, plan_ms=result.planning_seconds * 1000.0, held=result.held)
 
 
 def load_engine(settings) -> WorldModelEngine:

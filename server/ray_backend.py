@@ -97,6 +97,11 @@ class RemoteSessionPlanner:
     def restore(self, snapshot) -> None:
         self.state = snapshot
 
+    def resume(self, goal_index: int, steps_on_goal: int, arrived: bool) -> None:
+        from planner.controller import ControllerState
+
+        self.state = ControllerState(goal_index, steps_on_goal, None, None, arrived)
+
     def step(self, observation_latent: Any, state: list[float], should_stop: Callable[[], bool] | None = None,
              arm_limits: Any = None) -> PlanStep:
         item = RoundItem(self, observation_latent, state, should_stop or (lambda: False), arm_limits)

@@ -135,12 +135,13 @@ class Step(BaseModel):
     energy: float
     plan_ms: float
     total_ms: float
+    held: bool = Field(False, description="held at the final goal: nothing was planned")
 
     @classmethod
     def from_record(cls, step: StepRecord) -> "Step":
         return cls(step=step.step, seq=step.seq, source=step.source, received_at=_utc(step.received_at),
                    goal_index=step.goal_index, action=step.action, energy=step.energy, plan_ms=step.plan_ms,
-                   total_ms=step.total_ms)
+                   total_ms=step.total_ms, held=step.held)
 
 
 class StepList(BaseModel):
@@ -157,6 +158,8 @@ class Action(BaseModel):
     goal_index: int
     plan_ms: float = Field(description="encode + search time on the model worker")
     total_ms: float = Field(description="time from request to answer inside the service")
+    held: bool = Field(False, description="true while the session holds at its final goal (the planner's arrival_energy): "
+                                          "nothing was planned, and the action only keeps the arm within its limits")
 
 
 class ModelInfo(BaseModel):

@@ -44,6 +44,7 @@ class ActOutcome:
     goal_index: int
     plan_ms: float
     total_ms: float
+    held: bool = False
 
 
 @dataclass
@@ -309,7 +310,7 @@ class SessionRegistry:
         step = StepRecord(
             session_id=live.record.id, step=live.record.steps + 1, seq=seq, source=request.source,
             received_at=time.time(), goal_index=plan.goal_index, action=[float(v) for v in plan.action],
-            energy=float(plan.energy), plan_ms=plan_seconds * 1000.0, total_ms=total_ms,
+            energy=float(plan.energy), plan_ms=plan_seconds * 1000.0, total_ms=total_ms, held=plan.held,
         )
         self.storage.record_step(step)
         live.record = dataclasses.replace(
@@ -325,13 +326,19 @@ class SessionRegistry:
         return ActOutcome(
             session_id=step.session_id, step=step.step, seq=seq, action=step.action,
             target_pose=None if plan.target_pose is None else [float(v) for v in plan.target_pose],
-            energy=step.energy, goal_index=step.goal_index, plan_ms=step.plan_ms, total_ms=total_ms,
+            energy=step.energy, goal_index=step.goal_index, plan_ms=step.plan_ms, total_ms=total_ms, held=step.held,
         )
 
     def build_planner(self, engine: Engine, record: SessionRecord) -> SessionPlanner:
-        """Worker thread only: a fresh planner for `record` (goal latents from the library's cache)."""
+        """Worker thread only: a fresh planner for `record` (goal latents from the library's cache). A session
+        that already acted (the service restarted) goes on from where its schedule stood, not from its first
+        sub-goal: a lift restarted mid-way would otherwise go back to its open-hand approach, cube in hand."""
         goal_latents = [self.goals.latent(engine, goal_id) for goal_id in record.goal_ids]
-        return engine.new_session_planner(goal_latents, record.planner, record.schedule)
+        planner = engine.new_session_planner(goal_latents, record.planner, record.schedule)
+        position = self.storage.schedule_position(record.id) if record.steps else None
+        if position is not None:
+            planner.resume(*position)
+        return planner
 
     def _active_for_robot(self, robot_id: str) -> _LiveSession | None:
         return next((live for live in self._live.values() if live.record.robot_id == robot_id), None)

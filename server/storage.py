@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS steps (
     energy REAL NOT NULL,
     plan_ms REAL NOT NULL,
     total_ms REAL NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (session_id, step)
 );
 """
@@ -128,6 +129,7 @@ class StepRecord:
     energy: float
     plan_ms: float
     total_ms: float
+    held: bool = False  # holding at the final goal: nothing was planned (planner.config arrival_energy)
 
 
 def new_id() -> str:
@@ -211,6 +213,7 @@ class Storage:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
+            self._add_missing_columns()
             problem = self._database_problem()
         except sqlite3.DatabaseError as error:
             problem = str(error)
@@ -230,6 +233,12 @@ class Storage:
     def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a data directory was first written (CREATE TABLE IF NOT EXISTS keeps old tables)."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(steps)")}
+        if "held" not in columns:
+            self._db.execute("ALTER TABLE steps ADD COLUMN held INTEGER NOT NULL DEFAULT 0")
 
     # health
     def _database_problem(self) -> str | None:
@@ -426,9 +435,10 @@ class Storage:
         action = json.dumps(step.action)
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO steps (session_id, step, seq, source, received_at, goal_index, action, energy, plan_ms,"
+                " total_ms, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (step.session_id, step.step, step.seq, step.source, step.received_at, step.goal_index,
-                 action, step.energy, step.plan_ms, step.total_ms),
+                 action, step.energy, step.plan_ms, step.total_ms, int(step.held)),
             )
             db.execute(
                 "UPDATE sessions SET steps = ?, goal_index = ?, last_seq = COALESCE(?, last_seq),"
@@ -440,6 +450,19 @@ class Storage:
         rows = self._query("SELECT * FROM steps WHERE session_id = ? ORDER BY step LIMIT ? OFFSET ?",
                            (session_id, limit, offset))
         return [_step_from_row(row) for row in rows]
+
+    def schedule_position(self, session_id: str) -> tuple[int, int, bool] | None:
+        """Where a session's goal schedule stood after its last recorded step: (sub-goal index, steps spent on
+        it, whether that step held at the final goal); None before its first step. Sub-goals only move
+        forward, so the steps spent on the last one are all the steps recorded with its index."""
+        rows = self._query("SELECT goal_index, held FROM steps WHERE session_id = ? ORDER BY step DESC LIMIT 1",
+                           (session_id,))
+        if not rows:
+            return None
+        goal_index, held = rows[0]["goal_index"], bool(rows[0]["held"])
+        (count,) = self._query("SELECT count(*) FROM steps WHERE session_id = ? AND goal_index = ?",
+                               (session_id, goal_index))[0]
+        return goal_index, count, held
 
 
 class _Transaction:
@@ -498,5 +521,5 @@ def _step_from_row(row: sqlite3.Row) -> StepRecord:
     return StepRecord(
         session_id=row["session_id"], step=row["step"], seq=row["seq"], source=row["source"],
         received_at=row["received_at"], goal_index=row["goal_index"], action=json.loads(row["action"]),
-        energy=row["energy"], plan_ms=row["plan_ms"], total_ms=row["total_ms"],
+        energy=row["energy"], plan_ms=row["plan_ms"], total_ms=row["total_ms"], held=bool(row["held"]),
     )

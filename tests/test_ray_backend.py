@@ -114,6 +114,21 @@ def test_sessions_are_pinned_and_spread_and_plan_what_the_local_engine_plans(fro
         assert http.post(f"/v1/sessions/{session_id}/stop").status_code == 200
 
 
+def test_a_session_whose_front_door_planner_was_lost_goes_on_from_its_recorded_schedule(front_door, http):
+    """What a restarted front door does: the session's planner is built again at its next act, from the steps on
+    record (sub-goal, steps spent on it) rather than from its first sub-goal, and the replica plans from there."""
+    goals = [http.post("/v1/goals", files={"image": ("g.png", png_bytes(seed), "image/png")}).json()["id"]
+             for seed in (51, 52, 53)]
+    session = http.post("/v1/sessions", json={"robot_id": "ray-sched", "goal_ids": goals, "subgoal_max_steps": 2})
+    assert session.status_code == 201, session.text
+    session_id = session.json()["id"]
+    before = [act(http, session_id, 60 + i).json()["goal_index"] for i in range(3)]
+    front_door.service.sessions._live[session_id].planner = None   # as after a restart: built at the next act
+    after = [act(http, session_id, 63 + i).json()["goal_index"] for i in range(2)]
+    assert (before, after) == ([0, 0, 1], [1, 2])
+    assert http.post(f"/v1/sessions/{session_id}/stop").status_code == 200
+
+
 def test_a_killed_replica_s_sessions_continue_on_the_other_without_an_error(front_door, http):
     engine = engine_of(front_door)
     bridge_sessions = {robot: new_session(http, robot, 30 + index) for index, robot in enumerate(("ray-arm-0", "ray-arm-1"))}

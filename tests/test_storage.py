@@ -61,6 +61,34 @@ def test_everything_survives_reopening(tmp_path):
     assert reopened.sessions_using_goal(goal.id) == [session.id]
 
 
+def test_a_data_directory_written_before_steps_recorded_holds_opens_and_reads_its_old_steps(tmp_path):
+    """A database whose steps table predates the `held` column: it is added (old steps read as not held), and the
+    schedule position of an old session is still known."""
+    import sqlite3
+
+    from server.storage import DB_NAME, SCHEMA
+
+    old_schema = SCHEMA.replace("    held INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert old_schema != SCHEMA
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO sessions (id, robot_id, goal_ids, planner, schedule, status, created_at, steps, goal_index)"
+                   " VALUES ('s', 'r', '[]', '{}', '{}', 'active', 0, 2, 1)")
+        for step, goal_index in ((1, 0), (2, 1)):
+            db.execute("INSERT INTO steps VALUES ('s', ?, NULL, 'http', 0, ?, '[0,0,0,0,0,0,0]', 1.0, 1.0, 1.0)",
+                       (step, goal_index))
+    storage = Storage(tmp_path)
+    try:
+        assert [(step.step, step.held) for step in storage.list_steps("s")] == [(1, False), (2, False)]
+        assert storage.schedule_position("s") == (1, 1, False)
+        storage.record_step(StepRecord(session_id="s", step=3, seq=None, source="http", received_at=0.0, goal_index=1,
+                                       action=[0.0] * 7, energy=0.0, plan_ms=1.0, total_ms=1.0, held=True))
+        assert storage.schedule_position("s") == (1, 2, True)
+        assert storage.schedule_position("no-such-session") is None
+    finally:
+        storage.close()
+
+
 def test_failed_step_insert_rolls_back_the_session_summary(tmp_path):
     storage = Storage(tmp_path)
     session = storage.add_session(SessionRecord(id=new_id(), robot_id="r", goal_ids=[], planner={}, status=ACTIVE,
