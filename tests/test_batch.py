@@ -163,6 +163,7 @@ def test_sub_goal_switching_and_arrival_holds_match_the_single_session_path(mode
     together = step_together(fleet.together, latents, [pose(0), pose(1)])
     assert_same_steps(alone, together)
     assert together[1].planning_seconds == 0.0 and torch.count_nonzero(together[1].action) == 0  # held
+    assert [step.held for step in together] == [False, True]
     second = [c.step(latent(model, 6), pose(2)) for c in fleet.alone[:1]]
     second_together = step_together(fleet.together[:1], [latent(model, 6)], [pose(2)])
     assert [s.goal_index for s in second_together] == [1]  # moved on to the next sub-goal

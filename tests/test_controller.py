@@ -81,10 +81,10 @@ def test_holds_on_arrival_at_the_final_goal_and_plans_again_when_off_it():
     goal = (0.55, 0.05, 0.3)
     controller = RecedingHorizonController(world, PlannerConfig(**FAST, arrival_energy=1e-3), blob(world, goal))
     at_goal = controller.step(blob(world, goal), pose(goal))
-    assert torch.count_nonzero(at_goal.action) == 0 and at_goal.planning_seconds == 0.0
+    assert torch.count_nonzero(at_goal.action) == 0 and at_goal.planning_seconds == 0.0 and at_goal.held
     torch.testing.assert_close(at_goal.target_pose, pose(goal))
     away = controller.step(blob(world, (0.5, 0.0, 0.3)), pose((0.5, 0.0, 0.3)))
-    assert away.action[0] > 0.01 and away.planning_seconds > 0  # off the goal: plans toward it
+    assert away.action[0] > 0.01 and away.planning_seconds > 0 and not away.held  # off the goal: plans toward it
 
 
 def test_arrival_release_energy_keeps_holding_while_the_held_goal_hovers_about_the_arrival_threshold():
@@ -116,6 +116,23 @@ def test_arrival_release_energy_keeps_holding_while_the_held_goal_hovers_about_t
         PlannerConfig(arrival_energy=0.1, arrival_release_energy=0.05)
     with pytest.raises(ValidationError, match="arrival_release_energy"):
         PlannerConfig(arrival_release_energy=0.05)
+
+
+def test_a_resumed_controller_follows_the_schedule_from_where_the_lost_one_stood():
+    """What a restarted service does with a session's recorded position: the schedule goes on (the steps already
+    spent on the sub-goal count), the search starts cold."""
+    world = BlobWorld()
+    goals = [SubGoal(blob(world, xyz), max_steps=2) for xyz in ((0.55, 0.0, 0.3), (0.5, 0.1, 0.3))]
+    goals.append(SubGoal(blob(world, (0.45, 0.0, 0.3))))
+    lost = RecedingHorizonController(world, PlannerConfig(**FAST), goals)
+    here = (0.5, 0.0, 0.3)
+    assert [lost.step(blob(world, here), pose(here)).goal_index for _ in range(3)] == [0, 0, 1]
+    resumed = RecedingHorizonController(world, PlannerConfig(**FAST), goals)
+    resumed.resume(lost.goal_index, lost.steps_on_goal, lost.arrived)
+    assert resumed.warm_start is None
+    assert [resumed.step(blob(world, here), pose(here)).goal_index for _ in range(2)] == [1, 2]
+    with pytest.raises(ValueError, match="goal 3"):
+        resumed.resume(3, 0, False)
 
 
 def test_arrival_does_not_apply_to_intermediate_sub_goals():
