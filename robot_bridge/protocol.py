@@ -101,6 +101,13 @@ def _read_float(fields: Mapping[str, Any], name: str, low: float = -math.inf, hi
     return value
 
 
+def _read_bool(fields: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = fields.get(name, default)
+    if not isinstance(value, bool):
+        raise _invalid(name, f"expected true or false, got {type(value).__name__}")
+    return value
+
+
 def _read_text(fields: Mapping[str, Any], name: str, limits: ProtocolLimits, default: str | None = None) -> str:
     value = fields.get(name, default)
     if not isinstance(value, str):
@@ -449,22 +456,23 @@ class ActionMessage:
     energy: float
     seq: int = 0
     planning_ms: float = 0.0
+    held: bool = False                    # holding at the final goal (the session's arrival_energy): nothing was planned
 
     def fields(self) -> dict[str, Any]:
         return {"seq": self.seq, "delta": _pack_vector(self.delta, "delta", STATE_DIM),
                 "target": _pack_vector(self.target, "target", STATE_DIM),
-                "energy": float(self.energy), "planning_ms": float(self.planning_ms)}
+                "energy": float(self.energy), "planning_ms": float(self.planning_ms), "held": bool(self.held)}
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, Any], limits: ProtocolLimits) -> "ActionMessage":
         return cls(seq=_read_int(fields, "seq"), delta=_read_vector(fields, "delta", STATE_DIM),
                    target=_read_vector(fields, "target", STATE_DIM), energy=_read_float(fields, "energy"),
-                   planning_ms=_read_float(fields, "planning_ms", 0.0))
+                   planning_ms=_read_float(fields, "planning_ms", 0.0), held=_read_bool(fields, "held", False))
 
 
 @dataclass(frozen=True)
 class HoldMessage:
-    """Service -> arm: answer to observation `seq`: keep the current pose (e.g. goal reached)."""
+    """Service -> arm: answer to observation `seq`: keep the current pose (the model is not loaded, or the plan came too late)."""
 
     TYPE: ClassVar[str] = "hold"
     reason: str

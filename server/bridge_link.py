@@ -105,7 +105,8 @@ def _reply(outcome, error):
     if outcome.target_pose is None:
         return ErrorMessage(ErrorCode.PLANNER_ERROR.value, "the planner gave no target pose")
     return ActionMessage(delta=np.asarray(outcome.action, dtype=np.float64),
-                         target=np.asarray(outcome.target_pose, dtype=np.float64), energy=outcome.energy)
+                         target=np.asarray(outcome.target_pose, dtype=np.float64), energy=outcome.energy,
+                         held=outcome.held)
 
 
 def make_session_info(service: PlanningService):

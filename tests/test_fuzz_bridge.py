@@ -40,12 +40,17 @@ def typed(values, dtype="<f8", shape=None) -> dict:
     return {"dtype": dtype, "shape": list(array.shape if shape is None else shape), "data": array.tobytes()}
 
 
+BOOLEAN_FIELDS = {"held"}   # action
+
+
 def mutated(fields: dict) -> dict:
-    """A valid message's fields with one of them replaced by a value that is wrong for every field."""
+    """A valid message's fields with one of them replaced by a value that is wrong for that field."""
     fields = dict(fields)
     key = RNG.choice(sorted(fields))
     fields[key] = [None, True, float("inf"), "x" * 5000, b"\x00" * 9, [1, 2], {"a": 1},
                    typed(np.full(7, np.nan)), typed(np.zeros(6)), typed(np.zeros(7), "<i8")][RNG.integers(10)]
+    if key in BOOLEAN_FIELDS and isinstance(fields[key], bool):
+        fields[key] = None   # true is a right value there
     return fields
 
 

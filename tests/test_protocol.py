@@ -49,6 +49,7 @@ def test_every_message_type_round_trips():
         HelloMessage("arm-1", 24, 32, 4.0, "jpeg", "lab client 1.0"),
         WelcomeMessage("arm-1", 4096, 1.0, {"session_id": "s1", "horizon": 2}, "svc"),
         ActionMessage(delta=np.arange(7) / 10, target=STATE, energy=0.75, seq=9, planning_ms=31.5),
+        ActionMessage(delta=np.zeros(7), target=STATE, energy=0.01, seq=10, held=True),
         HoldMessage("goal reached", seq=4),
         StopMessage("operator"),
         HeartbeatMessage(123.25),
@@ -159,6 +160,23 @@ def test_invalid_messages_are_refused_with_the_right_code(fields, code):
     assert raised.value.code == code
 
 
+def _action_fields(**changes) -> dict:
+    fields = wire(ActionMessage(delta=np.zeros(7), target=STATE, energy=0.5, seq=3))
+    fields.update(changes)
+    return fields
+
+
+def test_held_is_optional_on_an_action_and_must_be_a_boolean():
+    without = _action_fields()
+    del without["held"]
+    assert decode(msgpack.packb(without, use_bin_type=True)).held is False   # a service from before `held`
+    assert decode(msgpack.packb(_action_fields(held=True), use_bin_type=True)).held is True
+    for bad in ("yes", 1, None):
+        with pytest.raises(ProtocolError) as raised:
+            decode(msgpack.packb(_action_fields(held=bad), use_bin_type=True))
+        assert raised.value.code == ErrorCode.INVALID_FIELD
+
+
 def test_observation_errors_carry_the_seq_they_refer_to():
     with pytest.raises(ProtocolError) as raised:
         decode(msgpack.packb(_nested("state", data=np.full(7, np.nan).tobytes()), use_bin_type=True))
@@ -216,7 +234,7 @@ _values = st.recursive(_scalars, lambda inner: st.one_of(
 @settings(max_examples=120, deadline=None)
 @given(st.sampled_from(sorted({"hello", "welcome", "observation", "action", "hold", "stop", "heartbeat", "error"})),
        st.dictionaries(st.sampled_from(["robot_id", "seq", "timestamp", "image", "state", "joints", "delta", "target",
-                                        "energy", "planning_ms", "reason", "code", "message", "camera_height",
+                                        "energy", "planning_ms", "held", "reason", "code", "message", "camera_height",
                                         "camera_width", "control_hz", "image_format", "session"]), _values, max_size=8))
 def test_structured_garbage_only_ever_raises_protocol_errors(message_type, fields):
     frame = msgpack.packb({"v": 1, "type": message_type, **fields}, use_bin_type=True)

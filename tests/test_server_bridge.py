@@ -86,6 +86,29 @@ def test_arm_on_the_bridge_is_planned_by_the_http_created_session(server):
     http.close()
 
 
+def test_an_arm_holding_at_its_goal_gets_zero_deltas_marked_held_over_the_bridge(server):
+    """arrival_energy set: while the observation is that close to the goal the arm gets `action`s marked held, with a
+    zero delta, and the step history says so; off the goal it gets planned actions marked not held."""
+    http = httpx.Client(base_url=server.url, timeout=60)
+    with BridgeConnection(server.bridge.endpoint, "arm-held") as arm:
+        say_hello(arm)
+        goal = http.post("/v1/goals", files={"image": ("g.png", png_bytes(1), "image/png")}).json()
+        session = http.post("/v1/sessions", json={"robot_id": "arm-held", "goal_id": goal["id"],
+                                                  "planner": {"arrival_energy": 1e6}}).json()
+        say_hello(arm)
+        arm.send(observation(1))
+        held = receive_one(arm, ActionMessage)
+        assert held.held is True and np.all(held.delta == 0)
+        http.post(f"/v1/sessions/{session['id']}/stop")
+        other = http.post("/v1/sessions", json={"robot_id": "arm-held", "goal_id": goal["id"]}).json()
+        say_hello(arm)
+        arm.send(observation(2))
+        planned = receive_one(arm, ActionMessage)
+        assert planned.held is False and np.any(planned.delta != 0)
+    assert [s["held"] for s in http.get(f"/v1/sessions/{session['id']}/steps").json()["items"]] == [True]
+    assert [s["held"] for s in http.get(f"/v1/sessions/{other['id']}/steps").json()["items"]] == [False]
+
+
 def test_plan_past_the_bridge_deadline_is_a_hold_and_is_not_recorded(server):
     http = httpx.Client(base_url=server.url, timeout=60)
     goal = http.post("/v1/goals", files={"image": ("g.png", png_bytes(2), "image/png")}).json()
