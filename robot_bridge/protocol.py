@@ -472,7 +472,7 @@ class ActionMessage:
 
 @dataclass(frozen=True)
 class HoldMessage:
-    """Service -> arm: answer to observation `seq`: keep the current pose (the model is not loaded, or the plan came too late)."""
+    """Service -> arm: answer to observation `seq`: keep the current pose (the model is not loaded, the service is shutting down, or the plan came too late)."""
 
     TYPE: ClassVar[str] = "hold"
     reason: str
