@@ -298,9 +298,15 @@ class SessionRegistry:
                             self.scheduler.why_stopped(request))
                 self.scheduler.settle(request, error=self.scheduler.why_stopped(request))
                 return
-            outcome = self._record(live, request, plan, plan_seconds)
             try:
-                request.done(outcome, None)
+                outcome, failure = self._record(live, request, plan, plan_seconds), None
+            except Exception as error:   # e.g. StorageFull: a plan the service did not keep is not sent either
+                live.planner.restore(before)
+                if not isinstance(error, ServiceError):
+                    log.exception("recording a step of session %s failed", live.record.id)
+                outcome, failure = None, error
+            try:   # claimed above: answered here, whatever happened
+                request.done(outcome, failure)
             except Exception:
                 log.exception("completion callback of a %s plan failed", request.source)
 

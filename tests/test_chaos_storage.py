@@ -165,3 +165,31 @@ def test_a_full_disk_is_507_storage_full_and_an_upload_is_all_or_nothing(tmp_pat
             assert 507 in answers and 201 in answers[1:], answers
             fill(disk, 0)
             assert_error(client.get("/readyz"), 503, "storage_unhealthy")
+
+
+def test_an_act_whose_step_cannot_be_stored_is_507_at_once_and_leaves_the_session_as_it_was(tmp_path):
+    """The disk fills while a session acts: the act that cannot record its step is answered 507 storage_full at
+    once (the robot does not execute a plan the service did not keep), and the session goes on from the last
+    stored step once there is room (sub-goals of one step each, so its position shows in every answer)."""
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:
+        data_dir = disk / "data"
+        with tiny_service(data_dir, act_timeout_s=20.0) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            goals = [upload(client, seed).json()["id"] for seed in (1, 2, 3, 4)]
+            session = client.post("/v1/sessions", json={"robot_id": "arm-full", "goal_ids": goals,
+                                                        "subgoal_max_steps": 1}).json()["id"]
+            assert act(client, session, seq=1).json()["goal_index"] == 0
+            filler, answers = fill(disk, 0), []
+            for seq in range(2, 40):   # SQLite may find room in its write-ahead log for a few steps first
+                response = act(client, session, seq=seq)
+                answers.append(response.status_code)
+                if response.status_code != 200:
+                    break
+            filler.unlink()
+            assert answers[-1] == 507, answers
+            assert_error(response, 507, "storage_full")
+            stored = client.get(f"/v1/sessions/{session}").json()["steps"]
+            assert stored == answers.count(200) + 1
+            resumed = act(client, session, seq=seq + 1)
+            assert resumed.status_code == 200, resumed.text
+            assert resumed.json()["step"] == stored + 1
+            assert resumed.json()["goal_index"] == min(stored, len(goals) - 1)
