@@ -214,6 +214,31 @@ def test_newest_wins_over_the_bridge_through_the_scheduler(server, client):
     client.post(f"/v1/sessions/{session}/stop")
 
 
+def test_shutting_down_during_a_bridge_plan_answers_the_arm_with_a_hold_and_records_no_step(tmp_path):
+    """What SIGTERM does first (PlanningService.begin_shutdown) while an arm's plan runs: the arm is told to hold,
+    with the reason, and gets no action; nothing is recorded. Its own service: shutting down is for good."""
+    settings = ServerSettings(model="tiny", device="cpu", bridge="tcp://127.0.0.1:*", planner=FAST_PLANNER,
+                              data_dir=tmp_path, plan_budget=BUDGET)
+    with LocalServer(build_service(settings), with_bridge=True) as running:
+        running.wait_ready()
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            session = new_session(client, "arm-term", ENDLESS_PLANNER, seed=12)
+            with BridgeConnection(running.bridge.endpoint, "arm-term") as arm:
+                say_hello(arm)
+                arm.send(observation(1))
+                wait_for_depth(client, 1)
+                time.sleep(0.3)   # the plan is running
+                running.service.begin_shutdown()
+                hold = receive_one(arm, HoldMessage, timeout=5)
+                received = []
+                deadline = time.monotonic() + 1
+                while time.monotonic() < deadline:
+                    received += arm.receive(0.1)
+            assert hold.seq == 1 and "shutting down" in hold.reason
+            assert not any(isinstance(message, ActionMessage) for message in received), received
+            assert client.get(f"/v1/sessions/{session}/steps").json()["items"] == []
+
+
 def test_budget_and_batch_settings_from_the_environment(monkeypatch):
     from server.settings import DEFAULT_PLAN_BUDGET, SettingsError, load_settings
 
