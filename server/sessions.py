@@ -21,11 +21,12 @@ from typing import Any, Callable
 import numpy as np
 
 from .engine import Engine, PlanStep, RoundItem, SessionPlanner
-from .errors import ActTimeout, Conflict, InvalidInput, ModelUnavailable, NotFound, ServiceError, StaleObservation
+from .errors import (ActTimeout, Conflict, InvalidInput, ModelUnavailable, NotFound, ServiceError, StaleObservation,
+                     StorageFull)
 from .goals import GoalLibrary
 from .metrics import ServiceMetrics
 from .scheduler import PlanRequest, PlanScheduler
-from .storage import ACTIVE, SessionRecord, StepRecord, Storage, new_id
+from .storage import ACTIVE, STOPPED, SessionRecord, StepRecord, Storage, new_id
 from .worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -119,19 +120,27 @@ class SessionRegistry:
         return [self._live[r.id].record if r.id in self._live else r for r in records]
 
     def stop(self, session_id: str) -> SessionRecord:
+        """Stop a session: its arm is told and its plans are cancelled first, then the stop is stored, so
+        that a storage failure (a full disk) never keeps an arm going; StorageFull then says so."""
         self.get(session_id)
         with self._lock:
-            was_active = self._live.pop(session_id, None) is not None
-        record = self.storage.stop_session(session_id)
+            live = self._live.pop(session_id, None)
         self._update_gauge()
-        assert record is not None
-        if was_active:  # a plan being made for it ends at its next CEM iteration and records nothing
+        if live is not None:  # a plan being made for it ends at its next CEM iteration and records nothing
             self.scheduler.cancel(session_id, Conflict(f"session {session_id!r} was stopped", code="session_stopped"))
-        for listener in self.stop_listeners if was_active else ():
-            try:
-                listener(record)
-            except Exception:
-                log.exception("stop listener failed for session %s", session_id)
+            stopped = dataclasses.replace(live.record, status=STOPPED, stopped_at=time.time())
+            for listener in self.stop_listeners:
+                try:
+                    listener(stopped)
+                except Exception:
+                    log.exception("stop listener failed for session %s", session_id)
+        try:
+            record = self.storage.stop_session(session_id)
+        except StorageFull:
+            raise StorageFull(f"session {session_id!r} was stopped and its arm told to stop, but the stop was not "
+                              "recorded: the data directory's disk is full. It would be active again after a restart; "
+                              "free some space and stop it again") from None
+        assert record is not None
         return record
 
     def steps(self, session_id: str, limit: int, offset: int) -> list[StepRecord]:

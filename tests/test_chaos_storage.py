@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -193,3 +194,47 @@ def test_an_act_whose_step_cannot_be_stored_is_507_at_once_and_leaves_the_sessio
             assert resumed.status_code == 200, resumed.text
             assert resumed.json()["step"] == stored + 1
             assert resumed.json()["goal_index"] == min(stored, len(goals) - 1)
+
+
+def test_stopping_a_session_on_a_full_disk_still_stops_its_arm_and_says_the_stop_was_not_recorded(tmp_path):
+    """The operator stops a session while the disk is full: the arm is told to stop at once over the bridge (its
+    safety does not wait for the database), no plan reaches it afterwards, and the answer is 507 saying that the
+    stop itself could not be recorded."""
+    from robot_bridge.client import BridgeConnection
+    from robot_bridge.protocol import ActionMessage, StopMessage
+    from test_server_bridge import observation, receive_one, say_hello
+
+    from server.local_server import LocalServer
+    from server.serve_command import build_service
+    from server.settings import ServerSettings
+    from test_api import FAST_PLANNER
+
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:
+        settings = ServerSettings(model="tiny", device="cpu", bridge="tcp://127.0.0.1:*", planner=FAST_PLANNER,
+                                  data_dir=disk / "data")
+        with LocalServer(build_service(settings), with_bridge=True) as server, \
+                httpx.Client(base_url=server.url, timeout=60) as client:
+            server.wait_ready()
+            goal = upload(client).json()["id"]
+            session = client.post("/v1/sessions", json={"robot_id": "arm-estop", "goal_id": goal}).json()["id"]
+            with BridgeConnection(server.bridge.endpoint, "arm-estop") as arm:
+                say_hello(arm)
+                arm.send(observation(1))
+                assert receive_one(arm, ActionMessage).seq == 1
+                filler = fill(disk, 0)
+                try:
+                    response = client.post(f"/v1/sessions/{session}/stop")
+                    stop = receive_one(arm, StopMessage, timeout=5)
+                    arm.send(observation(2))
+                    later = []
+                    deadline = time.monotonic() + 1
+                    while time.monotonic() < deadline:
+                        later += arm.receive(0.1)
+                finally:
+                    filler.unlink()
+            message = assert_error(response, 507, "storage_full")["message"]
+            assert "told to stop" in message and "not recorded" in message, message
+            assert session in stop.reason
+            assert not any(isinstance(reply, ActionMessage) for reply in later), later
+            # With room again, stopping it again records the stop.
+            assert client.post(f"/v1/sessions/{session}/stop").json()["status"] == "stopped"
