@@ -3,6 +3,7 @@ world model and genuinely slow plans: newest wins, fairness, deadlines and cance
 budget, stop during a plan, and a restarted arm."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -62,6 +63,26 @@ def wait_for_depth(client, depth: float, timeout: float = 30.0) -> None:
     while metric(client, "jepa_worker_queue_depth") < depth:
         assert time.monotonic() < deadline, f"the plan queue never reached {depth}"
         time.sleep(0.01)
+
+
+def received_within(arm: BridgeConnection, seconds: float) -> list:
+    """Every message the arm receives in the next `seconds`."""
+    received = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        received += arm.receive(0.1)
+    return received
+
+
+@contextlib.contextmanager
+def arm_with_a_running_plan(endpoint: str, client, robot_id: str):
+    """An arm on the bridge whose first observation is being planned (a plan that takes tens of seconds)."""
+    with BridgeConnection(endpoint, robot_id) as arm:
+        say_hello(arm)
+        arm.send(observation(1))
+        wait_for_depth(client, 1)
+        time.sleep(0.3)   # the plan is running
+        yield arm
 
 
 def test_a_plan_over_the_budget_is_refused_at_creation_naming_the_budget(client):
@@ -151,16 +172,9 @@ def test_a_running_plan_is_cancelled_at_its_deadline_between_iterations(server, 
 
 def test_stop_during_a_bridge_plan_sends_nothing_after_stop_and_records_no_step(server, client):
     session = new_session(client, "arm-stop", ENDLESS_PLANNER, seed=9)
-    with BridgeConnection(server.bridge.endpoint, "arm-stop") as arm:
-        say_hello(arm)
-        arm.send(observation(1))
-        wait_for_depth(client, 1)
-        time.sleep(0.3)   # the plan is running
+    with arm_with_a_running_plan(server.bridge.endpoint, client, "arm-stop") as arm:
         assert client.post(f"/v1/sessions/{session}/stop").status_code == 200
-        received = []
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            received += arm.receive(0.1)
+        received = received_within(arm, 3)
     kinds = [type(message) for message in received]
     assert StopMessage in kinds, kinds
     assert not any(isinstance(message, ActionMessage) for message in received), kinds
@@ -180,10 +194,7 @@ def test_a_restarted_arm_never_receives_a_plan_made_for_its_old_connection(serve
     with BridgeConnection(server.bridge.endpoint, "arm-restart") as new:
         say_hello(new)
         wait_until_worker_idle(client, timeout=15)   # the old connection's plan was cancelled
-        received = []
-        deadline = time.monotonic() + 1
-        while time.monotonic() < deadline:
-            received += new.receive(0.1)
+        received = received_within(new, 1)
         assert not any(isinstance(m, ActionMessage) for m in received), [type(m) for m in received]
         assert client.get(f"/v1/sessions/{session}/steps").json()["items"] == []   # nor recorded
         # The new connection's own numbering (from 1) is planned as usual (here by a quicker session).
@@ -223,17 +234,10 @@ def test_shutting_down_during_a_bridge_plan_answers_the_arm_with_a_hold_and_reco
         running.wait_ready()
         with httpx.Client(base_url=running.url, timeout=60) as client:
             session = new_session(client, "arm-term", ENDLESS_PLANNER, seed=12)
-            with BridgeConnection(running.bridge.endpoint, "arm-term") as arm:
-                say_hello(arm)
-                arm.send(observation(1))
-                wait_for_depth(client, 1)
-                time.sleep(0.3)   # the plan is running
+            with arm_with_a_running_plan(running.bridge.endpoint, client, "arm-term") as arm:
                 running.service.begin_shutdown()
                 hold = receive_one(arm, HoldMessage, timeout=5)
-                received = []
-                deadline = time.monotonic() + 1
-                while time.monotonic() < deadline:
-                    received += arm.receive(0.1)
+                received = received_within(arm, 1)
             assert hold.seq == 1 and "shutting down" in hold.reason
             assert not any(isinstance(message, ActionMessage) for message in received), received
             assert client.get(f"/v1/sessions/{session}/steps").json()["items"] == []
