@@ -456,7 +456,7 @@ class ActionMessage:
     energy: float
     seq: int = 0
     planning_ms: float = 0.0
-    held: bool = False                    # holding at the final goal (the session's arrival_energy): nothing was planned
+    held: bool = False                    # holding at the final goal (arrival_energy): nothing was planned
 
     def fields(self) -> dict[str, Any]:
         return {"seq": self.seq, "delta": _pack_vector(self.delta, "delta", STATE_DIM),
@@ -472,7 +472,8 @@ class ActionMessage:
 
 @dataclass(frozen=True)
 class HoldMessage:
-    """Service -> arm: answer to observation `seq`: keep the current pose (the model is not loaded, the service is shutting down, or the plan came too late)."""
+    """Service -> arm: answer to observation `seq`: keep the current pose (the model is not loaded, the
+    service is shutting down, or the plan came too late)."""
 
     TYPE: ClassVar[str] = "hold"
     reason: str
