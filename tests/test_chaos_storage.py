@@ -238,3 +238,28 @@ def test_stopping_a_session_on_a_full_disk_still_stops_its_arm_and_says_the_stop
             assert not any(isinstance(reply, ActionMessage) for reply in later), later
             # With room again, stopping it again records the stop.
             assert client.post(f"/v1/sessions/{session}/stop").json()["status"] == "stopped"
+
+
+def test_the_emergency_stop_on_a_full_disk_stops_every_session_and_says_which_stops_were_not_recorded(tmp_path):
+    """POST /v1/sessions/stop-all while the disk is full: no session is planned any more (an act is 409
+    session_stopped, for the first session and the others alike), and the 507 names the sessions whose stop
+    could not be recorded."""
+    with small_tmpfs(tmp_path / "disk", "4m") as disk:
+        with tiny_service(disk / "data") as server, httpx.Client(base_url=server.url, timeout=60) as client:
+            goal = upload(client).json()["id"]
+            sessions = [client.post("/v1/sessions", json={"robot_id": f"arm-{i}", "goal_id": goal}).json()["id"]
+                        for i in range(3)]
+            assert all(act(client, session).status_code == 200 for session in sessions)
+            filler = fill(disk, 0)
+            try:
+                response = client.post("/v1/sessions/stop-all")
+                after = [act(client, session) for session in sessions]
+            finally:
+                filler.unlink()
+            message = assert_error(response, 507, "storage_full")["message"]
+            assert all(session in message for session in sessions), message
+            for answer in after:
+                assert_error(answer, 409, "session_stopped")
+            stopped = client.post("/v1/sessions/stop-all").json()   # with room again, the stops are recorded
+            assert sorted(stopped["stopped_sessions"]) == sorted(sessions)
+            assert client.get("/v1/sessions", params={"status": "active"}).json()["items"] == []

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from ..auth import require_api_key
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, NotFound, StorageFull
 from ..schemas import Goal
 from ..service import PlanningService
 from .deps import API_PREFIX, error_responses, get_service
@@ -18,6 +18,7 @@ from .deps import API_PREFIX, error_responses, get_service
 router = APIRouter(prefix=API_PREFIX, tags=["robots"], dependencies=[Depends(require_api_key)])
 
 STOP_ALL_REASON = "emergency stop from the operator (POST /v1/sessions/stop-all)"
+STOP_ALL_PAGE = 1000
 
 
 class Robot(BaseModel):
@@ -137,12 +138,28 @@ def stop_all(service: PlanningService = Depends(get_service)) -> StopAll:
     robots = [view.robot_id for view in _views(service)]
     for robot_id in robots:  # the arms first: nothing else stands between an arm and a stop
         service.bridge.send_stop(robot_id, STOP_ALL_REASON)
-    stopped = []
+    stopped: list[str] = []
+    seen: set[str] = set()
+    unrecorded: list[str] = []   # stopped, but the disk was full: still "active" on disk
+    offset = 0
     while True:  # a page at a time until none is left active (sessions created meanwhile are stopped too)
-        active = service.sessions.list("active", None, 1000, 0)
-        if not active:
-            break
-        for record in active:
-            service.sessions.stop(record.id)
+        page = service.sessions.list("active", None, STOP_ALL_PAGE, offset)
+        fresh = [record for record in page if record.id not in seen]
+        if not fresh:
+            if len(page) < STOP_ALL_PAGE:
+                break
+            offset += len(page)   # a page of sessions whose stops were not recorded
+            continue
+        for record in fresh:   # every session, even when one stop cannot be recorded
+            try:
+                service.sessions.stop(record.id)
+            except StorageFull:
+                unrecorded.append(record.id)
             stopped.append(record.id)
+            seen.add(record.id)
+    if unrecorded:
+        named = ", ".join(unrecorded[:20]) + (f" and {len(unrecorded) - 20} more" if len(unrecorded) > 20 else "")
+        raise StorageFull(f"every session was stopped and every connected arm told to stop, but the disk is full: "
+                          f"the stops of {len(unrecorded)} sessions were not recorded and they would be active again "
+                          f"after a restart ({named}); free some space and stop them again")
     return StopAll(stopped_sessions=stopped, robots_stopped=robots)
