@@ -97,6 +97,9 @@ class SessionRegistry:
             if current is not None:
                 raise Conflict(f"robot {robot_id!r} already has active session {current.record.id}; stop it first",
                                code="robot_busy")
+            for leftover in self.storage.list_sessions(status=ACTIVE, robot_id=robot_id):
+                if leftover.id not in self._live:   # stopped while the disk was full: its stop is recorded now
+                    self.storage.stop_session(leftover.id)
             record = self.storage.add_session(SessionRecord(
                 id=new_id(), robot_id=robot_id, goal_ids=list(goal_ids), planner=planner,
                 schedule=dict(schedule or {}), status=ACTIVE, created_at=time.time(),

@@ -236,8 +236,12 @@ def test_stopping_a_session_on_a_full_disk_still_stops_its_arm_and_says_the_stop
             assert "told to stop" in message and "not recorded" in message, message
             assert session in stop.reason
             assert not any(isinstance(reply, ActionMessage) for reply in later), later
-            # With room again, stopping it again records the stop.
-            assert client.post(f"/v1/sessions/{session}/stop").json()["status"] == "stopped"
+            # With room again, a new session for the robot records the old one's stop first: one active per robot.
+            fresh = client.post("/v1/sessions", json={"robot_id": "arm-estop", "goal_id": goal})
+            assert fresh.status_code == 201, fresh.text
+            assert client.get(f"/v1/sessions/{session}").json()["status"] == "stopped"
+            active = client.get("/v1/sessions", params={"status": "active", "robot_id": "arm-estop"}).json()["items"]
+            assert [item["id"] for item in active] == [fresh.json()["id"]]
 
 
 def test_the_emergency_stop_on_a_full_disk_stops_every_session_and_says_which_stops_were_not_recorded(tmp_path):
