@@ -77,7 +77,14 @@ def build_service(settings):
     return PlanningService(settings, loader, lambda overrides: effective_planner_config(settings.planner, overrides))
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def run(args: argparse.Namespace) -> int:
+    # The signal mask survives exec: a parent that had SIGTERM blocked (a supervisor, a test runner, a library in
+    # it) would leave it pending in every thread we start, so a shutdown would wait for the plan in hand, or forever.
+    # Unblocked here, before any thread starts, they reach the handlers `_Server` installs.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     from .errors import ServiceError, StorageUnusable
     from .ray_backend import RayUnavailable  # imports no ray
     from .settings import SettingsError
@@ -147,7 +154,7 @@ class _Server(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
         try:
             yield
         finally:

@@ -24,9 +24,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def serve(*args: str, env: dict[str, str] | None = None, blocked_signals: tuple = ()) -> subprocess.Popen:
+    """`jepa-planner serve` as a child process; `blocked_signals`: blocked in it from the start, as a parent's
+    signal mask is inherited across exec."""
+    preexec = (lambda: signal.pthread_sigmask(signal.SIG_BLOCK, blocked_signals)) if blocked_signals else None
     return subprocess.Popen([sys.executable, "-m", "server.cli", "serve", *args], env=env or clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -93,7 +96,7 @@ def test_unloadable_model_fails_readiness_with_the_reason_while_health_stays_up(
     assert process.returncode == 0
 
 
-def _sigterm_mid_plan(data_dir) -> dict:
+def _sigterm_mid_plan(data_dir, blocked_signals: tuple = ()) -> dict:
     """Start a service, begin a plan of about a minute (~1 s per CEM iteration on a 2-core EPYC), send SIGTERM
     once the plan is seen running, and report what happened: the act's answer, the exit, the recorded steps."""
     from server.storage import Storage
@@ -101,7 +104,8 @@ def _sigterm_mid_plan(data_dir) -> dict:
 
     port = free_port()
     process = serve("--model", "tiny", "--device", "cpu", "--port", str(port), "--data-dir", str(data_dir),
-                    "--bridge", "", env=clean_env(JEPA_PLAN_BUDGET=str(10**12), JEPA_ACT_TIMEOUT_S="600"))
+                    "--bridge", "", env=clean_env(JEPA_PLAN_BUDGET=str(10**12), JEPA_ACT_TIMEOUT_S="600"),
+                    blocked_signals=blocked_signals)
     url = f"http://127.0.0.1:{port}"
     answer: list[httpx.Response] = []
     try:
@@ -178,3 +182,20 @@ def test_sigterm_during_a_long_plan_exits_within_the_grace_with_a_json_503_and_r
         assert run["steps"] == []
         return
     pytest.fail("SIGTERM never found the plan running:\n" + "\n".join(seen))
+
+
+def test_a_service_started_with_sigterm_blocked_still_shuts_down_mid_plan_with_a_503():
+    """A parent (a supervisor, a test runner) that had SIGTERM blocked passes the mask on across exec: the service
+    unblocks it, so the shutdown still cancels the running plan at once instead of waiting for it or for ever (the
+    symptom a full local run once showed, SIGTERM handled 47 s late; that run's pytest had no signal blocked, so
+    its cause was something else)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        run = _sigterm_mid_plan(Path(folder), blocked_signals=(signal.SIGTERM, signal.SIGINT))
+    response = run["answer"]
+    assert run["running_at_signal"], f"the plan ended before SIGTERM: {response.status_code} {response.text[:300]}"
+    assert run["exited_after"] < 10, f"{run['health']}\n{run['output']}"
+    assert response.status_code == 503 and response.json()["error"]["code"] == "shutting_down", response.text
+    assert run["returncode"] == 0 and run["steps"] == []
