@@ -138,13 +138,12 @@ def stop_all(service: PlanningService = Depends(get_service)) -> StopAll:
     robots = [view.robot_id for view in _views(service)]
     for robot_id in robots:  # the arms first: nothing else stands between an arm and a stop
         service.bridge.send_stop(robot_id, STOP_ALL_REASON)
-    stopped: list[str] = []
-    seen: set[str] = set()
+    stopped: dict[str, None] = {}   # session ids in the order they were stopped
     unrecorded: list[str] = []   # stopped, but the disk was full: still "active" on disk
     offset = 0
     while True:  # a page at a time until none is left active (sessions created meanwhile are stopped too)
         page = service.sessions.list("active", None, STOP_ALL_PAGE, offset)
-        fresh = [record for record in page if record.id not in seen]
+        fresh = [record for record in page if record.id not in stopped]
         if not fresh:
             if len(page) < STOP_ALL_PAGE:
                 break
@@ -155,11 +154,10 @@ def stop_all(service: PlanningService = Depends(get_service)) -> StopAll:
                 service.sessions.stop(record.id)
             except StorageFull:
                 unrecorded.append(record.id)
-            stopped.append(record.id)
-            seen.add(record.id)
+            stopped[record.id] = None
     if unrecorded:
         named = ", ".join(unrecorded[:20]) + (f" and {len(unrecorded) - 20} more" if len(unrecorded) > 20 else "")
         raise StorageFull(f"every session was stopped and every connected arm told to stop, but the disk is full: "
                           f"the stops of {len(unrecorded)} sessions were not recorded and they would be active again "
                           f"after a restart ({named}); free some space and stop them again")
-    return StopAll(stopped_sessions=stopped, robots_stopped=robots)
+    return StopAll(stopped_sessions=list(stopped), robots_stopped=robots)
